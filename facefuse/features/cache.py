@@ -1,0 +1,152 @@
+"""The feature-map cache: frozen backbones run once, every trial of every sweep reads the result.
+
+An entry is one float16 ``.npy`` array [N, C, H, W] (read memory-mapped, so concurrent trials on
+a node share the page cache) plus a ``.json`` sidecar that is written last. An entry counts as
+complete only when the sidecar exists, names the same key and the array on disk has the
+recorded shape, dtype and byte size; anything else is rebuilt, never read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from facefuse.features.extract import PREPROCESSING, ImageSource, batched_maps
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a cache entry depends on: change any field and the entry is a different one."""
+
+    checkpoint_hash: str
+    dataset: str
+    preprocessing: str = PREPROCESSING
+    flip: bool = False
+
+    def stem(self) -> str:
+        """Returns the entry's file stem inside its dataset folder."""
+        side = "flip" if self.flip else "orig"
+        return f"{self.checkpoint_hash[:16]}_{self.preprocessing}_{side}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FeatureCache:
+    """A directory of feature-map entries keyed by (checkpoint, dataset, preprocessing, flip)."""
+
+    def __init__(self, root: os.PathLike[str] | str) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def paths(self, key: CacheKey) -> tuple[Path, Path]:
+        """Returns (array path, sidecar path) of an entry."""
+        folder = self.root / key.dataset
+        return folder / f"{key.stem()}.npy", folder / f"{key.stem()}.json"
+
+    def get(self, key: CacheKey) -> Optional[np.memmap]:
+        """Returns the entry's maps memory-mapped read-only, or None when absent or incomplete."""
+        array_path, meta_path = self.paths(key)
+        if not meta_path.exists() or not array_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            logger.warning("cache sidecar %s is unreadable; the entry will be rebuilt", meta_path)
+            return None
+        if meta.get("key") != asdict(key) or meta.get("format") != FORMAT_VERSION:
+            logger.warning("cache entry %s was written for another key; rebuilding", array_path)
+            return None
+        if array_path.stat().st_size != meta.get("nbytes"):
+            logger.warning("cache entry %s has %d bytes, expected %s; rebuilding",
+                           array_path, array_path.stat().st_size, meta.get("nbytes"))
+            return None
+        try:
+            arr = np.load(array_path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            logger.warning("cache entry %s is unreadable (%s); rebuilding", array_path, exc)
+            return None
+        if list(arr.shape) != meta.get("shape") or str(arr.dtype) != meta.get("dtype"):
+            logger.warning("cache entry %s has shape %s, expected %s; rebuilding",
+                           array_path, arr.shape, meta.get("shape"))
+            return None
+        return arr
+
+    def build(self, key: CacheKey, backbone: torch.nn.Module, source: ImageSource,
+              batch_size: int = 256, progress: bool = True) -> np.memmap:
+        """Returns the entry after computing it from the backbone and writing it atomically."""
+        array_path, meta_path = self.paths(key)
+        array_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)  # an old sidecar must never vouch for a new array
+        started = time.perf_counter()
+        probe = next(batched_maps(backbone, ImageSource(source.name, min(source.count, 1),
+                                                        source.read), key.flip, 1))[1]
+        shape = (source.count,) + tuple(probe.shape[1:])
+        fd, tmp_name = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.stem}.",
+                                        suffix=".npy.tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+            bar = tqdm(total=source.count, desc=f"{key.dataset} {key.stem()[:8]} {'flip' if key.flip else 'orig'}",
+                       unit="img", disable=not progress, leave=False)
+            for start, maps in batched_maps(backbone, source, key.flip, batch_size):
+                out[start:start + len(maps)] = maps
+                bar.update(len(maps))
+            bar.close()
+            out.flush()
+            del out
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, array_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        meta = {
+            "format": FORMAT_VERSION,
+            "key": asdict(key),
+            "shape": list(shape),
+            "dtype": "float16",
+            "nbytes": array_path.stat().st_size,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+        logger.info("cached %s (%s) in %.1fs", array_path, shape, meta["seconds"])
+        result = self.get(key)
+        assert result is not None, f"cache entry {array_path} failed its own validation"
+        return result
+
+    def get_or_build(self, key: CacheKey, backbone_loader, source_loader,
+                     batch_size: int = 256, progress: bool = True) -> np.memmap:
+        """Returns the entry, building it first when it is missing or incomplete.
+
+        ``backbone_loader`` and ``source_loader`` are called only on a miss, so a warm cache
+        never loads a checkpoint or decodes an image.
+        """
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        return self.build(key, backbone_loader(), source_loader(), batch_size, progress)

@@ -1,0 +1,213 @@
+"""Feature maps plus protocol metadata for a job's train and evaluation sets.
+
+The training loop sees only this module's objects. Maps come either from the cache (memory-mapped
+float16) or from backbones run on the fly; both index the same way, so the loop cannot tell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from facefuse.features.cache import CacheKey, FeatureCache
+from facefuse.features.extract import PREPROCESSING, ImageSource, image_source, maps_for_indices
+
+logger = logging.getLogger(__name__)
+
+
+class MapArray(Protocol):
+    """Anything indexable by an integer array that returns float16 maps [n, C, H, W]."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, idx: Any) -> np.ndarray: ...
+
+    def __len__(self) -> int: ...
+
+
+class LiveMaps:
+    """Maps computed by a frozen backbone at access time (data too large for a cache)."""
+
+    def __init__(self, backbone: torch.nn.Module, source: ImageSource, flip: bool) -> None:
+        self.backbone, self.source, self.flip = backbone, source, flip
+        probe = maps_for_indices(backbone, source, [0], flip)
+        self.shape = (source.count,) + tuple(probe.shape[1:])
+
+    def __len__(self) -> int:
+        return self.source.count
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        idx = np.arange(self.source.count)[idx] if not isinstance(idx, np.ndarray) else idx
+        return maps_for_indices(self.backbone, self.source, np.atleast_1d(idx), self.flip)
+
+
+@dataclass
+class PairMaps:
+    """The two backbones' maps for one dataset, original and mirrored images."""
+
+    a: MapArray
+    b: MapArray
+    a_flip: MapArray
+    b_flip: MapArray
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+@dataclass
+class TrainSet:
+    name: str
+    maps: PairMaps
+    labels: np.ndarray
+    num_classes: int
+
+
+@dataclass
+class EvalSet:
+    """An evaluation set: maps and what its protocol needs (issame, or IJB templates)."""
+
+    name: str
+    kind: str  # "verification" | "ijb"
+    maps: PairMaps
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackbonePair:
+    arcface: Path
+    adaface: Path
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Returns a cheap identity of a dataset path (size and mtime of its files)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and "loose_crop" not in p.parts) \
+        if path.is_dir() else [path]
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path.parent)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _dataset_meta(name: str, data_root: Path, cache_root: Path) -> dict[str, np.ndarray]:
+    """Returns a dataset's protocol metadata, cached beside its maps so warm trials skip decoding."""
+    from facefuse.data import RecordIODataset, ImageFolderDataset, dataset_path, get_dataset, read_ijb
+    from facefuse.data import read_verification_bin
+
+    spec = get_dataset(name)
+    path = dataset_path(name, data_root)
+    out = cache_root / name / f"meta_{_file_fingerprint(path)}.npz"
+    if out.exists():
+        with np.load(out, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    if spec.kind == "verification":
+        _, issame = read_verification_bin(path)
+        meta = {"issame": np.asarray(issame, dtype=bool)}
+    elif spec.kind == "ijb":
+        ijb = read_ijb(path, spec.ijb_name)
+        meta = {k: np.asarray(getattr(ijb, k)) for k in
+                ("templates", "medias", "face_scores", "p1", "p2", "labels")}
+    else:
+        ds = RecordIODataset(path) if spec.kind == "recordio" else ImageFolderDataset(path)
+        meta = {"labels": np.asarray(ds.labels, dtype=np.int64),
+                "num_classes": np.asarray(ds.num_classes)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, **meta)
+    os.replace(tmp, out)
+    return meta
+
+
+@lru_cache(maxsize=8)
+def _load_backbone_cached(path: str) -> torch.nn.Module:
+    from facefuse.backbones import load_backbone
+    return load_backbone(path)
+
+
+@lru_cache(maxsize=16)
+def _checkpoint_hash_cached(path: str, mtime_ns: int, size: int) -> str:
+    from facefuse.backbones import checkpoint_hash
+    return checkpoint_hash(path)
+
+
+def checkpoint_hash_of(path: Path) -> str:
+    """Returns the checkpoint's sha256, memoised per (path, mtime, size)."""
+    st = Path(path).stat()
+    return _checkpoint_hash_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+def dataset_maps(name: str, data_root: Path, backbones: BackbonePair,
+                 cache_root: Optional[Path], build: bool = True, batch_size: int = 256,
+                 progress: bool = True) -> PairMaps:
+    """Returns both backbones' maps (original and flipped) for a dataset.
+
+    With ``cache_root`` the maps come from the cache (built on a miss when ``build``); without
+    it the backbones run on the fly on each access.
+    """
+    sources: dict[str, ImageSource] = {}
+
+    def source() -> ImageSource:
+        if "s" not in sources:
+            sources["s"] = image_source(name, data_root)
+        return sources["s"]
+
+    arrays: dict[tuple[str, bool], MapArray] = {}
+    for which, ckpt in (("a", backbones.arcface), ("b", backbones.adaface)):
+        for flip in (False, True):
+            if cache_root is None:
+                arrays[(which, flip)] = LiveMaps(_load_backbone_cached(str(ckpt)), source(), flip)
+                continue
+            cache = FeatureCache(cache_root)
+            key = CacheKey(checkpoint_hash_of(ckpt), name, PREPROCESSING, flip)
+            hit = cache.get(key)
+            if hit is None:
+                if not build:
+                    raise FileNotFoundError(
+                        f"feature cache entry for {name} ({'flip' if flip else 'orig'}, "
+                        f"{Path(ckpt).name}) is missing under {cache_root}; run "
+                        "`python -m platform.prepare cache JOB.yaml` first")
+                hit = cache.build(key, _load_backbone_cached(str(ckpt)), source(), batch_size,
+                                  progress)
+            arrays[(which, flip)] = hit
+    return PairMaps(arrays[("a", False)], arrays[("b", False)], arrays[("a", True)],
+                    arrays[("b", True)])
+
+
+def load_train_set(name: str, data_root: Path, backbones: BackbonePair,
+                   cache_root: Optional[Path], build: bool = True, progress: bool = True) -> TrainSet:
+    """Returns the training set's maps and labels."""
+    meta = _dataset_meta(name, data_root, cache_root or Path(tempfile.gettempdir()) / "facefuse-meta")
+    maps = dataset_maps(name, data_root, backbones, cache_root, build, progress=progress)
+    return TrainSet(name, maps, meta["labels"].astype(np.int64), int(meta["num_classes"]))
+
+
+def load_eval_sets(names: Sequence[str], data_root: Path, backbones: BackbonePair,
+                   cache_root: Optional[Path], build: bool = True,
+                   progress: bool = True) -> list[EvalSet]:
+    """Returns every evaluation set a job names, with maps and protocol metadata."""
+    from facefuse.data import get_dataset
+
+    out = []
+    meta_root = cache_root or Path(tempfile.gettempdir()) / "facefuse-meta"
+    for name in names:
+        spec = get_dataset(name)
+        meta = _dataset_meta(name, data_root, meta_root)
+        maps = dataset_maps(name, data_root, backbones, cache_root, build, progress=progress)
+        out.append(EvalSet(name, spec.kind, maps, meta))
+    return out
+
+
+def describe(sets: Sequence[EvalSet]) -> str:
+    """Returns a one-line summary of evaluation sets for logs."""
+    return json.dumps({s.name: len(s.maps) for s in sets})

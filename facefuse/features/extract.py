@@ -1,0 +1,88 @@
+"""Running frozen backbones over image batches: the one code path for cached and on-the-fly maps."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: Name of the preprocessing applied before the backbone; part of every cache key, so a change
+#: of normalisation or alignment invalidates old entries instead of silently reusing them.
+PREPROCESSING = "rgb112-pm1-v1"
+
+
+def to_input(images: np.ndarray, flip: bool = False) -> torch.Tensor:
+    """Returns a float32 NCHW tensor in [-1, 1] from uint8 NHWC RGB images (mirrored if flip)."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be [N, H, W, 3] uint8, got shape {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()  # [N,H,W,3]->[N,3,H,W]
+    if flip:
+        x = torch.flip(x, dims=[3])
+    return x.div_(127.5).sub_(1.0)
+
+
+@torch.no_grad()
+def extract_maps(backbone: torch.nn.Module, images: np.ndarray, flip: bool = False,
+                 device: Optional[torch.device] = None) -> np.ndarray:
+    """Returns the backbone's last feature maps [N, C, 7, 7] as float16 for uint8 RGB images."""
+    device = device or next(backbone.parameters()).device
+    x = to_input(images, flip=flip).to(device)
+    fmap = backbone.forward_features(x)
+    # fp16 is what the cache stores; rounding here too keeps on-the-fly maps bit-identical.
+    return fmap.to(torch.float16).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A dataset's images, readable in index batches without loading the whole set."""
+
+    name: str
+    count: int
+    read: Callable[[np.ndarray], np.ndarray]  # indices -> uint8 [n, 112, 112, 3]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields (start offset, uint8 images) batches covering the whole dataset in order."""
+        for start in range(0, self.count, batch_size):
+            idx = np.arange(start, min(start + batch_size, self.count))
+            yield start, self.read(idx)
+
+
+def image_source(name: str, data_root: Path) -> ImageSource:
+    """Returns the ImageSource of a registered dataset (verification .bin, IJB folder or train set)."""
+    from facefuse.data import (RecordIODataset, ImageFolderDataset, dataset_path, get_dataset,
+                               read_ijb, read_verification_bin)
+
+    spec = get_dataset(name)
+    path = dataset_path(name, data_root)
+    if spec.kind == "verification":
+        images, _ = read_verification_bin(path)
+        return ImageSource(name, len(images), lambda idx: images[idx])
+    if spec.kind == "ijb":
+        ijb = read_ijb(path, spec.ijb_name)
+        return ImageSource(name, len(ijb.templates), lambda idx: ijb.aligned_images(idx))
+    if spec.kind == "recordio":
+        ds = RecordIODataset(path)
+        return ImageSource(name, len(ds), lambda idx: ds.images(idx))
+    if spec.kind == "imagefolder":
+        ds = ImageFolderDataset(path)
+        return ImageSource(name, len(ds), lambda idx: ds.images(idx))
+    raise ValueError(f"dataset {name!r} has unknown kind {spec.kind!r}")
+
+
+def batched_maps(backbone: torch.nn.Module, source: ImageSource, flip: bool,
+                 batch_size: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (start offset, float16 maps) for every batch of a dataset."""
+    for start, images in source.batches(batch_size):
+        yield start, extract_maps(backbone, images, flip=flip)
+
+
+def maps_for_indices(backbone: torch.nn.Module, source: ImageSource, indices: Sequence[int],
+                     flip: bool) -> np.ndarray:
+    """Returns float16 maps for arbitrary indices (the on-the-fly data path)."""
+    return extract_maps(backbone, source.read(np.asarray(indices)), flip=flip)

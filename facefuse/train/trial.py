@@ -1,0 +1,247 @@
+"""The Ray Tune trainable: one trial = the training loop, in the trial or on Ray Train workers.
+
+A one-worker trial runs the loop inside the Tune trial (no TorchTrainer start-up cost); a trial
+with several workers builds a Ray Train TorchTrainer (DDP; NCCL on GPUs, gloo on CPU) and relays
+its reports to Tune with ``TuneReportCallback``. Checkpoints hold the full ``EpochState``, so a
+retried or restored trial continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from facefuse.errors import ConfigError
+from facefuse.features.dataset import BackbonePair, load_eval_sets, load_train_set
+from facefuse.train.loop import EpochState, TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+BEST_DIR = "best"
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs besides its hyperparameters; all paths absolute (driver-resolved)."""
+
+    data_root: str
+    cache_dir: Optional[str]
+    arcface_checkpoint: str
+    adaface_checkpoint: str
+    train_dataset: str
+    eval_datasets: list[str]
+    objective: dict[str, Any] = field(default_factory=dict)
+    workers_per_trial: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    torch_threads: int = 0  # 0: leave torch's default
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialContext":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(None, f"unknown trial context keys {sorted(unknown)}", field="context")
+        ctx = cls(**d)
+        for name in ("data_root", "arcface_checkpoint", "adaface_checkpoint"):
+            if not os.path.isabs(getattr(ctx, name)):
+                raise ConfigError(None, f"{name} must be an absolute path (resolve it in the "
+                                  f"driver), got {getattr(ctx, name)!r}", field=name)
+        return ctx
+
+
+def objective_value(metrics: dict[str, float], spec: dict[str, Any],
+                    eval_datasets: list[str]) -> float:
+    """Returns the objective: one dataset's metric, or the mean primary metric of a quality group.
+
+    ``spec`` is ``{"dataset": name, "metric": m}`` (metric defaults to the dataset's primary one)
+    or ``{"quality": "high" | "mixed" | "low" | "all"}``.
+    """
+    from facefuse.data import get_dataset
+
+    if "dataset" in spec:
+        ds = spec["dataset"]
+        metric = spec.get("metric") or get_dataset(ds).primary_metric
+        return float(metrics[f"{ds}/{metric}"])
+    quality = spec.get("quality", "all")
+    names = [d for d in eval_datasets if quality == "all" or get_dataset(d).quality == quality]
+    if not names:
+        raise ConfigError(None, f"objective quality {quality!r} matches none of {eval_datasets}",
+                          field="objective.quality", fix="evaluate a dataset of that quality")
+    return float(np.mean([metrics[f"{d}/{get_dataset(d).primary_metric}"] for d in names]))
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
+    """Returns (model overrides, TrainConfig) from a flat trial config."""
+    from facefuse.model import FusionConfig
+
+    model_names = {f.name for f in fields(FusionConfig)}
+    train_names = {f.name for f in fields(TrainConfig)}
+    unknown = [k for k in config if k not in model_names | train_names and not k.startswith("_")
+               and k not in ("variant",)]
+    if unknown:
+        raise ConfigError(None, f"trial parameters {unknown} are neither model nor training "
+                          "settings", field=unknown[0],
+                          fix=f"model settings: {sorted(model_names)}; training settings: "
+                              f"{sorted(train_names)}")
+    model_over = {k: v for k, v in config.items() if k in model_names}
+    return model_over, TrainConfig.from_dict(config)
+
+
+def build_model(model_over: dict[str, Any], train_set) -> torch.nn.Module:
+    """Returns a FusionModel sized to the training set's maps and identities."""
+    from facefuse.model import FusionConfig, FusionModel
+
+    c_a, h, w = train_set.maps.a.shape[1:]
+    c_b = train_set.maps.b.shape[1]
+    values = dict(model_over)
+    values.update(in_channels_a=int(c_a), in_channels_b=int(c_b), map_size=int(h),
+                  num_classes=int(train_set.num_classes))
+    return FusionModel(FusionConfig.from_dict(values))
+
+
+def _save_checkpoint_dir(path: Path, state: EpochState, extras: dict[str, Any],
+                         best: dict[str, Any], config: dict[str, Any]) -> None:
+    torch.save(state.to_dict(), path / STATE_FILE)
+    (path / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    bdir = path / BEST_DIR
+    bdir.mkdir(exist_ok=True)
+    if "model" in best:
+        torch.save({"model": best["model"], "config": config, "epoch": best["epoch"]},
+                   bdir / "model.pt")
+        (bdir / "metrics.json").write_text(json.dumps(best["metrics"], indent=1))
+        for ds, roc in best.get("roc", {}).items():
+            np.savez(bdir / f"roc_{ds}.npz", fpr=roc["fpr"], tpr=roc["tpr"])
+
+
+def load_state(checkpoint_dir: Path) -> Optional[EpochState]:
+    """Returns the EpochState of a checkpoint directory (weights_only loading), or None."""
+    p = Path(checkpoint_dir) / STATE_FILE
+    if not p.exists():
+        return None
+    return EpochState.from_dict(torch.load(p, map_location="cpu", weights_only=True))
+
+
+def run_training(config: dict[str, Any], ctx: TrialContext,
+                 report: Callable[[dict[str, float], Optional[Path]], None],
+                 resume_dir: Optional[Path], rank: int = 0,
+                 device: Optional[torch.device] = None) -> list[dict[str, float]]:
+    """Returns the metric history after running the loop with checkpoints handed to ``report``."""
+    if ctx.torch_threads:
+        torch.set_num_threads(ctx.torch_threads)
+    model_over, tcfg = split_config(config)
+    backbones = BackbonePair(Path(ctx.arcface_checkpoint), Path(ctx.adaface_checkpoint))
+    cache = Path(ctx.cache_dir) if ctx.cache_dir else None
+    data_root = Path(ctx.data_root)
+    train_set = load_train_set(ctx.train_dataset, data_root, backbones, cache, progress=False)
+    eval_sets = load_eval_sets(ctx.eval_datasets, data_root, backbones, cache, progress=False)
+    torch.manual_seed(tcfg.seed)
+    model = build_model(model_over, train_set)
+    resume = load_state(resume_dir) if resume_dir is not None else None
+    if resume is not None:
+        logger.info("resuming from epoch %d (%s)", resume.epoch, resume_dir)
+    best: dict[str, Any] = {}
+    if resume_dir is not None and (Path(resume_dir) / BEST_DIR / "model.pt").exists():
+        saved = torch.load(Path(resume_dir) / BEST_DIR / "model.pt", map_location="cpu",
+                           weights_only=True)
+        best = {"model": saved["model"], "epoch": saved["epoch"],
+                "metrics": json.loads((Path(resume_dir) / BEST_DIR / "metrics.json").read_text()),
+                "roc": {p.stem[4:]: dict(np.load(p)) for p in (Path(resume_dir) / BEST_DIR).glob("roc_*.npz")}}
+
+    def on_epoch(metrics: dict[str, float], state: EpochState, extras: dict[str, Any]) -> None:
+        if extras.get("is_best") or not best:
+            best.update(model=state.model, epoch=state.epoch, metrics=metrics,
+                        roc=extras.get("roc", {}))
+        if rank != 0:
+            report(metrics, None)
+            return
+        with tempfile.TemporaryDirectory(prefix="facefuse-ckpt-") as tmp:
+            _save_checkpoint_dir(Path(tmp), state, extras, best, config)
+            report(metrics, Path(tmp))
+
+    objective = None
+    if ctx.objective:
+        objective = lambda m: objective_value(m, ctx.objective, ctx.eval_datasets)  # noqa: E731
+    return train(tcfg, model, train_set, eval_sets, on_epoch, resume, device, objective)
+
+
+def _tune_report(metrics: dict[str, float], ckpt_dir: Optional[Path]) -> None:
+    from ray import tune
+
+    checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker entry: the same loop under DDP (process group set up by TorchTrainer)."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = TrialContext.from_dict(loop_config["context"])
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device() if ctx.gpus_per_worker else torch.device("cpu")
+    ckpt = ray.train.get_checkpoint()
+
+    def report(metrics: dict[str, float], ckpt_dir: Optional[Path]) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            run_training(loop_config["config"], ctx, report, Path(d), rank, device)
+    else:
+        run_training(loop_config["config"], ctx, report, None, rank, device)
+
+
+def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """Tune function trainable: trains one configuration and reports every epoch to Tune."""
+    from ray import tune
+
+    ctx = TrialContext.from_dict(context)
+    if ctx.workers_per_trial <= 1:
+        device = torch.device("cuda") if ctx.gpus_per_worker and torch.cuda.is_available() \
+            else torch.device("cpu")
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                local = Path(tempfile.mkdtemp(prefix="facefuse-resume-"))
+                shutil.copytree(d, local, dirs_exist_ok=True)
+            try:
+                run_training(config, ctx, _tune_report, local, 0, device)
+            finally:
+                shutil.rmtree(local, ignore_errors=True)
+        else:
+            run_training(config, ctx, _tune_report, None, 0, device)
+        return
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_dir = tune.get_context().get_trial_dir()
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": config, "context": context},
+        # A retried or restored Tune trial hands its last checkpoint to the new trainer.
+        resume_from_checkpoint=tune.get_checkpoint(),
+        scaling_config=ScalingConfig(
+            num_workers=ctx.workers_per_trial, use_gpu=ctx.gpus_per_worker > 0,
+            resources_per_worker={"CPU": ctx.cpus_per_worker,
+                                  **({"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {})}),
+        run_config=RunConfig(
+            name="train", storage_path=os.path.join(trial_dir, "ray_train"),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=1, controller_failure_limit=1)),
+    )
+    trainer.fit()
