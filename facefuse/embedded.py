@@ -1,0 +1,110 @@
+"""The embedded default: everything a sweep needs on one machine with nothing configured.
+
+Layout under the base directory (``.facefuse`` in the directory a command starts from)::
+
+    data/        synthetic benchmark in the real formats (facefuse.synth)
+    backbones/   two tiny IResNets pretrained here, in the insightface and AdaFace layouts
+    cache/       feature-map cache
+    ray_results/ Ray Tune storage (sweep state for resume)
+
+Each step is skipped when its output is already complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_DIRNAME = ".facefuse"
+
+
+@dataclass(frozen=True)
+class EmbeddedPaths:
+    base: Path
+
+    @property
+    def data_root(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def backbones_dir(self) -> Path:
+        return self.base / "backbones"
+
+    @property
+    def arcface_checkpoint(self) -> Path:
+        return self.backbones_dir / "arcface_tiny" / "backbone.pth"
+
+    @property
+    def adaface_checkpoint(self) -> Path:
+        return self.backbones_dir / "adaface_tiny" / "adaface_tiny.ckpt"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.base / "cache"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.base / "ray_results"
+
+
+def embedded_paths(cwd: Optional[os.PathLike[str] | str] = None) -> EmbeddedPaths:
+    """Returns the embedded default's absolute paths for a starting directory."""
+    return EmbeddedPaths(Path(cwd or os.getcwd()).resolve() / EMBEDDED_DIRNAME)
+
+
+def default_tracking_uri(cwd: Optional[os.PathLike[str] | str] = None) -> str:
+    """Returns the absolute sqlite URI of ``mlflow.db`` in the starting directory."""
+    return "sqlite:///" + str(Path(cwd or os.getcwd()).resolve() / "mlflow.db")
+
+
+def ensure_synth(data_root: Path, seed: int = 0) -> bool:
+    """Builds the synthetic suite unless complete; returns True when it had to build."""
+    from facefuse.synth import build_suite, suite_is_complete
+
+    if suite_is_complete(data_root, seed=seed):
+        logger.info("synthetic suite in %s is complete; skipping", data_root)
+        return False
+    t0 = time.perf_counter()
+    build_suite(data_root, seed=seed)
+    logger.info("built the synthetic suite in %.0fs", time.perf_counter() - t0)
+    return True
+
+
+def _backbones_marker(out_dir: Path) -> Path:
+    return out_dir / "pretrain_done.json"
+
+
+def ensure_tiny_backbones(data_root: Path, out_dir: Path, seed: int = 0) -> bool:
+    """Pretrains the two tiny backbones unless present; returns True when it had to train."""
+    from facefuse.backbones.pretrain import pretrain_tiny_backbones
+
+    paths = EmbeddedPaths(out_dir.parent)
+    marker = _backbones_marker(out_dir)
+    if marker.exists() and paths.arcface_checkpoint.exists() and paths.adaface_checkpoint.exists():
+        try:
+            if json.loads(marker.read_text()).get("seed") == seed:
+                logger.info("tiny backbones in %s exist; skipping", out_dir)
+                return False
+        except json.JSONDecodeError:
+            pass
+    marker.unlink(missing_ok=True)
+    result = pretrain_tiny_backbones(data_root, out_dir, seed=seed)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"seed": seed, "result": result}, indent=1, default=str))
+    os.replace(tmp, marker)
+    return True
+
+
+def ensure_embedded(paths: EmbeddedPaths, seed: int = 0) -> EmbeddedPaths:
+    """Returns the paths after making sure the synthetic data and tiny backbones exist."""
+    paths.base.mkdir(parents=True, exist_ok=True)
+    ensure_synth(paths.data_root, seed)
+    ensure_tiny_backbones(paths.data_root, paths.backbones_dir, seed)
+    return paths
