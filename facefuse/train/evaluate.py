@@ -48,6 +48,8 @@ def embed_with_flip(model: torch.nn.Module, s: EvalSet, batch_size: int,
 def evaluate(model: torch.nn.Module, sets: Sequence[EvalSet], batch_size: int,
              device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
     """Returns ({'<set>/<metric>': value}, extras with ROC arrays per IJB set)."""
+    if not sets:
+        return {}, {"roc": {}}
     from facefuse.evaluation import ijb_scores, roc_curve_auc, tar_at_far, verification_accuracy
 
     metrics: dict[str, float] = {}

@@ -6,6 +6,7 @@ It does not know whether it runs in a Ray Tune trial, a Ray Train worker or a pl
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -154,7 +155,8 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = _make_optimizer(cfg, model)
     if resume is not None:
-        optimizer.load_state_dict(resume.optimizer)
+        # load_state_dict aliases the given tensors; a copy keeps the caller's state intact.
+        optimizer.load_state_dict(copy.deepcopy(resume.optimizer))
     start_epoch = resume.epoch if resume is not None else 0
     history = list(resume.history) if resume is not None else []
     best = resume.best if resume is not None else None
@@ -238,7 +240,9 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
         logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
                     " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" in k and "time" not in k))
         if report is not None:
-            state = EpochState(epoch + 1, {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                               optimizer.state_dict(), best, history)
+            # Copies, not views: the caller may keep a state (the best epoch) while training goes on.
+            state = EpochState(epoch + 1,
+                               {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                               copy.deepcopy(optimizer.state_dict()), best, list(history))
             report(metrics, state, extras)
     return history
