@@ -1,0 +1,723 @@
+"""Per-dataset beta selection from the MLflow tracking store.
+
+``select_beta`` reads every finished trial run (of any sweep) that evaluated a dataset, compares
+the trials at one epoch (their last common epoch, or each trial's best epoch), averages repeated
+settings (same hyperparameters apart from the seed), fits a smoothed curve of the metric against
+log10(beta) with a bootstrap band, and returns the choice together with what the curve says about
+it. ``register_choice`` records a choice in MLflow (a tag on the chosen run and a registered model
+version with the alias ``best-<dataset>``).
+
+The tracking schema read here is the one in DESIGN.md ("Tracking schema") as written by
+``facefuse.sweep``: trial runs carry ``facefuse.kind=trial``, ``facefuse.full_budget``,
+``facefuse.variant`` (ablations), a ``beta`` param, and ``<dataset>/<metric>`` per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from facefuse.errors import ConfigError, FacefuseError
+
+if TYPE_CHECKING:  # mlflow costs seconds to import; commands that fail early should not pay it
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+logger = logging.getLogger(__name__)
+
+EPOCH_POLICIES = ("last_common", "best")
+DEFAULT_MODEL_NAME = "facefuse-fusion"
+#: Seconds a tracking-server request may take before the command gives up (no retries).
+HTTP_TIMEOUT_S = 10
+#: Bootstrap resamples for the curve's band; seeded so the same store gives the same band.
+N_BOOTSTRAP = 200
+BAND_LEVEL = 0.90
+GRID_POINTS = 101
+# Bandwidths tried by leave-one-out cross-validation, in decades of beta.
+BANDWIDTHS = (0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5)
+DEFAULT_BANDWIDTH = 0.5
+
+
+class TrackingError(FacefuseError):
+    """The tracking store cannot be opened or does not answer."""
+
+
+class NoRunsError(FacefuseError):
+    """No finished trial run evaluated the requested dataset and metric."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking store access
+# ---------------------------------------------------------------------------------------------
+def resolve_tracking_uri(tracking_uri: Optional[str] = None) -> str:
+    """Returns the tracking URI: the argument, else MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri:
+        return "sqlite:///" + str(Path.cwd().resolve() / "mlflow.db")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # A relative sqlite path would move with the working directory (see STACK_NOTES.md).
+        rel = uri[len("sqlite:///"):]
+        if not Path(rel).is_absolute():
+            return "sqlite:///" + str((Path.cwd() / rel).resolve())
+    return uri
+
+
+def _sqlite_path(uri: str) -> Optional[Path]:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):]
+    # sqlite:////abs/path -> /abs/path; sqlite:///rel -> rel
+    return Path(path) if path.startswith("/") else Path(path)
+
+
+def _check_http(uri: str) -> None:
+    # MLflow retries a dead server with exponential backoff for minutes; fail fast instead.
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = os.environ.get(
+        "FACEFUSE_MLFLOW_MAX_RETRIES", "0")
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = os.environ.get(
+        "FACEFUSE_MLFLOW_TIMEOUT", str(HTTP_TIMEOUT_S))
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=HTTP_TIMEOUT_S) as response:  # noqa: S310
+            response.read(64)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # an authenticating proxy answered: the server is there
+        raise TrackingError(f"tracking server {uri} answered {exc.code} on /health -- check "
+                            f"--tracking-uri / MLFLOW_TRACKING_URI") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}) -- "
+                            f"start it (mlflow server ...) or pass --tracking-uri / set "
+                            f"MLFLOW_TRACKING_URI") from None
+
+
+def open_tracking(tracking_uri: Optional[str] = None) -> "MlflowClient":
+    """Returns an MlflowClient for the resolved URI, after checking the store is there."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        _check_http(uri)
+    sqlite = _sqlite_path(uri)
+    if sqlite is not None and not sqlite.is_file():
+        # Reading must not create an empty store somewhere the user did not mean.
+        raise TrackingError(f"no MLflow tracking store at {sqlite} -- run a sweep first, run "
+                            f"from the directory that holds mlflow.db, or pass --tracking-uri")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _tracking_call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn(*args, **kwargs)
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"tracking store error while {what}: {first}") from None
+
+
+def experiment_ids(client: "MlflowClient", experiment: Optional[str] = None) -> dict[str, str]:
+    """Returns {experiment_id: name}: the named experiment, or every active one."""
+    if experiment is not None:
+        exp = _tracking_call("looking up the experiment", client.get_experiment_by_name,
+                             experiment)
+        if exp is None:
+            known = sorted(e.name for e in _tracking_call(
+                "listing experiments", client.search_experiments))
+            raise ConfigError(None, f"no experiment named {experiment!r}", field="experiment",
+                              fix=f"use one of: {', '.join(known) or '(none)'}")
+        return {exp.experiment_id: exp.name}
+    exps = _tracking_call("listing experiments", client.search_experiments)
+    return {e.experiment_id: e.name for e in exps}
+
+
+def search_all_runs(client: "MlflowClient", ids: Iterable[str], filter_string: str) -> list["Run"]:
+    """Returns every run of the experiments matching the filter (all pages)."""
+    ids = list(ids)
+    if not ids:
+        return []
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = _tracking_call("searching runs", client.search_runs, ids, filter_string,
+                              max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+TRIAL_FILTER = "tags.`facefuse.kind` = 'trial' and attributes.status = 'FINISHED'"
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and metrics
+# ---------------------------------------------------------------------------------------------
+def dataset_metric(dataset: str, metric: Optional[str] = None) -> str:
+    """Returns the MLflow metric key ('<dataset>/<metric>') for a registered dataset."""
+    from facefuse.data import DATASETS
+
+    if dataset not in DATASETS:
+        raise ConfigError(None, f"unknown dataset {dataset!r}", field="dataset",
+                          fix=f"use one of: {', '.join(sorted(DATASETS))}")
+    if metric is None:
+        metric = DATASETS[dataset].primary_metric
+    if metric.startswith(dataset + "/"):
+        return metric
+    return f"{dataset}/{metric}"
+
+
+def higher_is_better(metric_key: str) -> bool:
+    """Returns False for losses and error rates, True for accuracies and TARs."""
+    name = metric_key.rsplit("/", 1)[-1].lower()
+    return not any(word in name for word in ("loss", "err", "eer", "far_at", "fnmr"))
+
+
+def is_seed_param(name: str) -> bool:
+    """Returns whether a param only picks a random seed (repeats of a setting differ in it)."""
+    return name == "seed" or name.endswith("_seed") or name.endswith(".seed")
+
+
+def _canonical(value: str) -> str:
+    # "0.1" and "0.10000000000000001" are the same setting.
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if math.isfinite(number):
+        return f"{number:.10g}"
+    return value
+
+
+def _is_true(value: Optional[str]) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials, settings and the smoothed curve
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrialValue:
+    """One trial run's metric at the compared epoch."""
+
+    run_id: str
+    experiment: str
+    beta: float
+    value: float
+    epoch: int
+    full_budget: bool
+    params: dict[str, str]
+
+
+@dataclass
+class Setting:
+    """Trials with identical hyperparameters apart from the seed, averaged."""
+
+    beta: float
+    params: dict[str, str]
+    values: list[float]
+    run_ids: list[str]
+    experiments: list[str]
+    mean: float
+    std: float
+    best_run_id: str
+
+    @property
+    def n(self) -> int:
+        """Returns how many trials (seeds) the setting averages."""
+        return len(self.values)
+
+
+@dataclass
+class Curve:
+    """A smoothed metric-vs-log10(beta) curve with a bootstrap band."""
+
+    beta: list[float]
+    mean: list[float]
+    lower: list[float]
+    upper: list[float]
+    bandwidth_decades: float
+    level: float = BAND_LEVEL
+
+    def at(self, beta: float) -> float:
+        """Returns the curve's mean interpolated at beta (log scale)."""
+        return float(np.interp(math.log10(beta), np.log10(self.beta), self.mean))
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the curve as plain lists."""
+        return {"beta": self.beta, "mean": self.mean, "lower": self.lower, "upper": self.upper,
+                "bandwidth_decades": self.bandwidth_decades, "level": self.level}
+
+
+def _history_values(client: "MlflowClient", run_id: str, key: str) -> list[tuple[int, float]]:
+    history = _tracking_call("reading a metric history", client.get_metric_history, run_id, key)
+    # Several values at one step: the one logged last wins (a resumed trial re-logs its epoch).
+    by_step: dict[int, tuple[int, float]] = {}
+    for m in history:
+        if not math.isfinite(m.value):
+            continue
+        previous = by_step.get(m.step)
+        if previous is None or m.timestamp >= previous[0]:
+            by_step[m.step] = (m.timestamp, float(m.value))
+    return sorted((step, v) for step, (_, v) in by_step.items())
+
+
+def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
+                   epoch_policy: str = "last_common",
+                   variants: Sequence[str] = ("full",)) -> tuple[list[TrialValue], Optional[int], bool]:
+    """Returns (trials at the compared epoch, the common epoch or None, full-budget-only flag).
+
+    Ablation runs of other variants than ``variants`` are left out (a local-only model's best
+    beta is not the fusion's). When any trial ran its full budget only those are used: ASHA stops
+    trials early, and their early-epoch values are not comparable (STACK_NOTES.md).
+    """
+    if epoch_policy not in EPOCH_POLICIES:
+        raise ConfigError(None, f"unknown epoch policy {epoch_policy!r}", field="epoch_policy",
+                          fix=f"use one of: {', '.join(EPOCH_POLICIES)}")
+    runs = search_all_runs(client, ids, TRIAL_FILTER)
+    candidates = []
+    for run in runs:
+        variant = run.data.tags.get("facefuse.variant", "")
+        if variant and variant not in variants:
+            continue
+        if metric_key not in run.data.metrics:
+            continue
+        try:
+            beta = float(run.data.params.get("beta", "nan"))
+        except ValueError:
+            continue
+        if not (math.isfinite(beta) and beta > 0):
+            continue
+        candidates.append((run, beta))
+    full_only = any(_is_true(r.data.tags.get("facefuse.full_budget")) for r, _ in candidates)
+    if full_only:
+        candidates = [(r, b) for r, b in candidates
+                      if _is_true(r.data.tags.get("facefuse.full_budget"))]
+    histories = []
+    for run, beta in candidates:
+        hist = _history_values(client, run.info.run_id, metric_key)
+        if hist:
+            histories.append((run, beta, hist))
+    if not histories:
+        return [], None, full_only
+
+    better = max if higher_is_better(metric_key) else min
+    common: Optional[int] = None
+    if epoch_policy == "last_common":
+        common = min(hist[-1][0] for _, _, hist in histories)
+    trials = []
+    for run, beta, hist in histories:
+        if common is not None:
+            upto = [(s, v) for s, v in hist if s <= common]
+            if not upto:
+                continue
+            epoch, value = upto[-1]
+        else:
+            epoch, value = better(hist, key=lambda sv: sv[1])
+        trials.append(TrialValue(
+            run_id=run.info.run_id, experiment=ids.get(run.info.experiment_id, ""), beta=beta,
+            value=value, epoch=int(epoch),
+            full_budget=_is_true(run.data.tags.get("facefuse.full_budget")),
+            params=dict(run.data.params)))
+    return trials, common, full_only
+
+
+def group_settings(trials: Sequence[TrialValue], higher: bool = True) -> list[Setting]:
+    """Returns the trials grouped by hyperparameters apart from seeds, best mean first."""
+    groups: dict[tuple, list[TrialValue]] = {}
+    for t in trials:
+        key = tuple(sorted((k, _canonical(v)) for k, v in t.params.items()
+                           if not is_seed_param(k)))
+        groups.setdefault(key, []).append(t)
+    settings = []
+    for members in groups.values():
+        values = [m.value for m in members]
+        best = (max if higher else min)(members, key=lambda m: m.value)
+        settings.append(Setting(
+            beta=members[0].beta,
+            params={k: v for k, v in members[0].params.items() if not is_seed_param(k)},
+            values=values, run_ids=[m.run_id for m in members],
+            experiments=sorted({m.experiment for m in members}),
+            mean=float(np.mean(values)),
+            std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            best_run_id=best.run_id))
+    settings.sort(key=lambda s: s.mean, reverse=higher)
+    return settings
+
+
+def _local_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.ndarray,
+                  h: float) -> np.ndarray:
+    """Returns the Gaussian-kernel local-linear regression of y on x evaluated at grid."""
+    d = x[None, :] - grid[:, None]  # [G, N]
+    logk = np.log(w)[None, :] - 0.5 * (d / h) ** 2
+    # Weights rescaled per grid point: the estimate is scale-free, and far from all data the
+    # raw kernel underflows to zero.
+    k = np.exp(logk - logk.max(axis=1, keepdims=True))
+    s0 = k.sum(1)
+    s1 = (k * d).sum(1)
+    s2 = (k * d * d).sum(1)
+    t0 = (k * y).sum(1)
+    t1 = (k * d * y).sum(1)
+    denom = s0 * s2 - s1 * s1
+    constant = t0 / s0
+    # Where the local data have (almost) no spread in x the slope is undetermined: fall back
+    # to the local mean rather than extrapolating a wild line.
+    ok = denom > 1e-8 * s0 * s0 * h * h
+    linear = np.where(ok, (s2 * t0 - s1 * t1) / np.where(ok, denom, 1.0), constant)
+    return linear
+
+
+def _choose_bandwidth(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    if len(np.unique(x)) < 4:
+        span = float(x.max() - x.min())
+        return max(DEFAULT_BANDWIDTH, span / 2.0)
+    best_h, best_err = DEFAULT_BANDWIDTH, math.inf
+    for h in BANDWIDTHS:
+        err = 0.0
+        for i in range(len(x)):
+            keep = np.arange(len(x)) != i
+            pred = _local_linear(x[keep], y[keep], w[keep], x[i:i + 1], h)[0]
+            err += w[i] * (pred - y[i]) ** 2
+        if err < best_err - 1e-15:
+            best_h, best_err = h, err
+    return best_h
+
+
+def fit_curve(betas: Sequence[float], values: Sequence[float],
+              weights: Optional[Sequence[float]] = None, n_bootstrap: int = N_BOOTSTRAP,
+              seed: int = 0, grid_points: int = GRID_POINTS) -> Curve:
+    """Returns a smoothed metric-vs-log10(beta) curve with a bootstrap band.
+
+    Gaussian-kernel local-linear regression on log10(beta), each point weighted by how many
+    trials it averages; the bandwidth is picked by leave-one-out cross-validation (a fixed
+    default when there are fewer than four distinct betas). The band is the central
+    ``BAND_LEVEL`` interval of the curve refitted on resampled points.
+    """
+    x = np.log10(np.asarray(betas, dtype=np.float64))
+    y = np.asarray(values, dtype=np.float64)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(x) == 0:
+        raise ValueError("fit_curve needs at least one point")
+    h = _choose_bandwidth(x, y, w)
+    lo, hi = float(x.min()), float(x.max())
+    grid = np.linspace(lo, hi, grid_points) if hi > lo else np.array([lo])
+    mean = _local_linear(x, y, w, grid, h)
+    if len(x) > 1:
+        rng = np.random.default_rng(seed)
+        boots = np.empty((n_bootstrap, len(grid)))
+        for b in range(n_bootstrap):
+            idx = rng.integers(0, len(x), len(x))
+            boots[b] = _local_linear(x[idx], y[idx], w[idx], grid, h)
+        alpha = (1.0 - BAND_LEVEL) / 2.0
+        lower = np.quantile(boots, alpha, axis=0)
+        upper = np.quantile(boots, 1.0 - alpha, axis=0)
+    else:
+        lower = upper = mean
+    return Curve(beta=[float(v) for v in 10.0 ** grid], mean=[float(v) for v in mean],
+                 lower=[float(v) for v in lower], upper=[float(v) for v in upper],
+                 bandwidth_decades=float(h))
+
+
+# ---------------------------------------------------------------------------------------------
+# The selection
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RegisteredChoice:
+    """Where register_choice recorded a selection."""
+
+    model_name: str
+    version: str
+    alias: str
+    source: str
+    run_id: str
+
+
+@dataclass
+class BetaSelection:
+    """The beta chosen for one dataset, with the evidence behind it."""
+
+    dataset: str
+    metric: str
+    higher_is_better: bool
+    beta: float
+    value: float
+    value_std: float
+    n_seeds: int
+    run_id: str
+    experiment: str
+    n_trials: int
+    n_settings: int
+    epoch_policy: str
+    epoch: Optional[int]
+    full_budget_only: bool
+    curve: Curve
+    curve_beta: float
+    curve_value: float
+    n_support: int
+    best_trial_run_id: str
+    best_trial_beta: float
+    best_trial_value: float
+    distance_decades: float
+    distance_metric: float
+    params: dict[str, str]
+    runner_ups: list[dict[str, Any]] = field(default_factory=list)
+    varying_params: list[str] = field(default_factory=list)
+    registration: Optional[RegisteredChoice] = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the selection as one JSON-ready object."""
+        out = {
+            "dataset": self.dataset, "beta": self.beta, "metric": self.metric,
+            "value": self.value, "value_std": self.value_std, "n_seeds": self.n_seeds,
+            "run_id": self.run_id, "experiment": self.experiment, "n_trials": self.n_trials,
+            "n_settings": self.n_settings, "epoch_policy": self.epoch_policy,
+            "epoch": self.epoch, "full_budget_only": self.full_budget_only,
+            "curve": self.curve.to_json(), "curve_beta": self.curve_beta,
+            "curve_value": self.curve_value, "n_support": self.n_support,
+            "best_trial": {"run_id": self.best_trial_run_id, "beta": self.best_trial_beta,
+                           "value": self.best_trial_value},
+            "distance_decades": self.distance_decades, "distance_metric": self.distance_metric,
+            "params": self.params, "runner_ups": self.runner_ups,
+        }
+        if self.registration is not None:
+            out["registered"] = {"model": self.registration.model_name,
+                                 "version": self.registration.version,
+                                 "alias": self.registration.alias,
+                                 "source": self.registration.source}
+        return out
+
+
+def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str] = None,
+                experiment: Optional[str] = None, epoch_policy: str = "last_common",
+                n_runner_ups: int = 5) -> BetaSelection:
+    """Returns the beta chosen for a dataset from every finished trial in MLflow.
+
+    The choice: fit the smoothed curve over the averaged settings, take the beta the curve
+    prefers, then among the settings within one bandwidth of it the one with the best mean
+    (the nearest setting when none is that close). Its best seed's run is the chosen run.
+    """
+    metric_key = dataset_metric(dataset, metric)
+    client = open_tracking(tracking_uri)
+    ids = experiment_ids(client, experiment)
+    higher = higher_is_better(metric_key)
+    trials, common, full_only = collect_trials(client, ids, metric_key, epoch_policy)
+    if not trials:
+        where = f"experiment {experiment!r}" if experiment else "any experiment"
+        raise NoRunsError(f"no finished trial run in {where} of {resolve_tracking_uri(tracking_uri)} "
+                          f"logged {metric_key} with a beta param -- run a sweep that evaluates "
+                          f"{dataset}, or pick another --metric / --experiment")
+    settings = group_settings(trials, higher)
+    curve = fit_curve([s.beta for s in settings], [s.mean for s in settings],
+                      [s.n for s in settings])
+    grid_x = np.log10(curve.beta)
+    mean = np.asarray(curve.mean)
+    i_star = int(np.argmax(mean) if higher else np.argmin(mean))
+    x_star = float(grid_x[i_star])
+    h = curve.bandwidth_decades
+
+    near = [s for s in settings if abs(math.log10(s.beta) - x_star) <= h]
+    if near:
+        chosen = near[0]  # settings are sorted best mean first
+    else:
+        chosen = min(settings, key=lambda s: abs(math.log10(s.beta) - x_star))
+    best_trial = (max if higher else min)(trials, key=lambda t: t.value)
+    n_support = sum(1 for t in trials if abs(math.log10(t.beta) - x_star) <= h)
+    exp_of = {t.run_id: t.experiment for t in trials}
+
+    varying = sorted(k for k in {k for s in settings for k in s.params}
+                     if k != "beta" and len({_canonical(s.params.get(k, "")) for s in settings}) > 1)
+    runner_ups = []
+    for s in settings:
+        if s is chosen:
+            continue
+        if len(runner_ups) >= n_runner_ups:
+            break
+        runner_ups.append({"beta": s.beta, "value": s.mean, "std": s.std, "n": s.n,
+                           "curve": curve.at(s.beta), "run_id": s.best_run_id,
+                           "experiment": exp_of[s.best_run_id],
+                           "params": {k: s.params.get(k, "") for k in varying}})
+
+    return BetaSelection(
+        dataset=dataset, metric=metric_key, higher_is_better=higher, beta=chosen.beta,
+        value=chosen.mean, value_std=chosen.std, n_seeds=chosen.n, run_id=chosen.best_run_id,
+        experiment=exp_of[chosen.best_run_id], n_trials=len(trials), n_settings=len(settings),
+        epoch_policy=epoch_policy, epoch=common, full_budget_only=full_only, curve=curve,
+        curve_beta=float(10.0 ** x_star), curve_value=float(mean[i_star]), n_support=n_support,
+        best_trial_run_id=best_trial.run_id, best_trial_beta=best_trial.beta,
+        best_trial_value=best_trial.value,
+        distance_decades=float(x_star - math.log10(best_trial.beta)),
+        distance_metric=float(best_trial.value - mean[i_star]),
+        params=dict(chosen.params), runner_ups=runner_ups, varying_params=varying)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording the choice
+# ---------------------------------------------------------------------------------------------
+BEST_BETA_TAG = "facefuse.best_beta_for"
+
+
+def _split_tag(value: Optional[str]) -> list[str]:
+    return [v for v in (value or "").split(",") if v]
+
+
+def register_choice(tracking_uri: Optional[str], selection: BetaSelection,
+                    model_name: str = DEFAULT_MODEL_NAME) -> RegisteredChoice:
+    """Returns where the choice was recorded: run tag, choice artifact, model version + alias.
+
+    The chosen run gets ``facefuse.best_beta_for`` (comma-separated datasets; the dataset is
+    removed from runs chosen before) and an artifact ``best_beta/<dataset>.json`` describing the
+    choice. The registered model version's source is the run's ``best_checkpoint`` artifact when
+    the sweep logged one, else that ``best_beta`` folder: no model weights are invented.
+    """
+    client = open_tracking(tracking_uri)
+    dataset = selection.dataset
+    run = _tracking_call("reading the chosen run", client.get_run, selection.run_id)
+
+    # The dataset's tag moves to the new run.
+    ids = experiment_ids(client)
+    tagged = search_all_runs(client, ids, f"tags.`{BEST_BETA_TAG}` LIKE '%{dataset}%'")
+    for other in tagged:
+        names = _split_tag(other.data.tags.get(BEST_BETA_TAG))
+        if dataset in names and other.info.run_id != selection.run_id:
+            rest = [n for n in names if n != dataset]
+            if rest:
+                client.set_tag(other.info.run_id, BEST_BETA_TAG, ",".join(rest))
+            else:
+                client.delete_tag(other.info.run_id, BEST_BETA_TAG)
+    names = _split_tag(run.data.tags.get(BEST_BETA_TAG))
+    if dataset not in names:
+        names.append(dataset)
+    _tracking_call("tagging the chosen run", client.set_tag, selection.run_id, BEST_BETA_TAG,
+                   ",".join(names))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{dataset}.json"
+        path.write_text(json.dumps(selection.to_json(), indent=2, sort_keys=True))
+        _tracking_call("logging the choice", client.log_artifact, selection.run_id, str(path),
+                       "best_beta")
+
+    top = [a.path for a in _tracking_call("listing artifacts", client.list_artifacts,
+                                          selection.run_id)]
+    checkpoint = next((p for p in top if p.split("/")[-1].startswith("best_checkpoint")), None)
+    base = run.info.artifact_uri.rstrip("/")
+    source = f"{base}/{checkpoint}" if checkpoint else f"{base}/best_beta"
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        _tracking_call("creating the registered model", client.create_registered_model,
+                       model_name, description="facefuse fusion heads chosen per dataset by "
+                       "platform.best_beta; aliases best-<dataset>")
+    alias = f"best-{dataset}"
+    tags = {"facefuse.dataset": dataset, "facefuse.metric": selection.metric,
+            "facefuse.beta": repr(selection.beta), "facefuse.value": repr(selection.value),
+            "facefuse.has_checkpoint": "true" if checkpoint else "false"}
+    version = _tracking_call(
+        "creating the model version", client.create_model_version, model_name, source,
+        run_id=selection.run_id, tags=tags,
+        description=(f"best beta for {dataset}: beta={selection.beta:g}, {selection.metric}="
+                     f"{selection.value:.6g} ({selection.epoch_policy} epoch)"))
+    _tracking_call("setting the alias", client.set_registered_model_alias, model_name, alias,
+                   version.version)
+    logger.info("registered %s version %s as %s (source %s)", model_name, version.version,
+                alias, source)
+    choice = RegisteredChoice(model_name=model_name, version=str(version.version), alias=alias,
+                              source=source, run_id=selection.run_id)
+    selection.registration = choice
+    return choice
+
+
+# ---------------------------------------------------------------------------------------------
+# Command layer helpers (platform/best_beta.py)
+# ---------------------------------------------------------------------------------------------
+def add_best_beta_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Returns the parser with the best_beta command's arguments added."""
+    parser.add_argument("--dataset", required=True,
+                        help="registered dataset name (lfw, ijbb, synth_ijbc, ...)")
+    parser.add_argument("--metric", default=None,
+                        help="metric to maximise (default: the dataset's primary metric), e.g. "
+                             "acc or tar_far_1e-3")
+    parser.add_argument("--experiment", default=None,
+                        help="only this MLflow experiment (default: every experiment)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                             "sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--epoch-policy", choices=EPOCH_POLICIES, default="last_common",
+                        help="compare trials at their last common epoch or each at its best "
+                             "epoch (default: last_common)")
+    parser.add_argument("--top", type=int, default=5, help="runner-ups to list (default 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--register", action="store_true",
+                        help="tag the chosen run and register a model version with alias "
+                             "best-<dataset>")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
+                        help=f"registered model name for --register (default {DEFAULT_MODEL_NAME})")
+    return parser
+
+
+def run_best_beta(args: argparse.Namespace) -> BetaSelection:
+    """Returns the selection for parsed best_beta arguments (registered when --register)."""
+    selection = select_beta(args.tracking_uri, args.dataset, metric=args.metric,
+                            experiment=args.experiment, epoch_policy=args.epoch_policy,
+                            n_runner_ups=args.top)
+    if args.register:
+        register_choice(args.tracking_uri, selection, model_name=args.model_name)
+    return selection
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def format_best_beta(selection: BetaSelection, as_json: bool = False) -> str:
+    """Returns the text the best_beta command prints (one JSON object with as_json)."""
+    if as_json:
+        return json.dumps(selection.to_json(), sort_keys=True)
+    s = selection
+    when = (f"at the last common epoch {s.epoch}" if s.epoch_policy == "last_common"
+            else "each trial at its best epoch")
+    pool = "full-budget trials" if s.full_budget_only else "trials (none ran its full budget)"
+    band_i = int(np.argmin(np.abs(np.log10(s.curve.beta) - math.log10(s.curve_beta))))
+    lines = [
+        f"best beta for {s.dataset}: {s.beta:g}",
+        f"  {s.metric} = {_fmt(s.value)}" + (f" ± {_fmt(s.value_std)} over {s.n_seeds} seeds"
+                                            if s.n_seeds > 1 else " (1 seed)")
+        + f", run {s.run_id} (experiment {s.experiment})",
+        f"  compared {when}; {s.n_trials} {pool} in {s.n_settings} settings",
+        f"  curve prefers beta = {s.curve_beta:.3g}: {_fmt(s.curve_value)} "
+        f"({int(round(s.curve.level * 100))}% band {_fmt(s.curve.lower[band_i])}"
+        f"..{_fmt(s.curve.upper[band_i])}), bandwidth {s.curve.bandwidth_decades:g} decades, "
+        f"supported by {s.n_support} trial{'s' if s.n_support != 1 else ''}",
+        f"  best single trial: beta = {s.best_trial_beta:g}, {_fmt(s.best_trial_value)} "
+        f"(run {s.best_trial_run_id}), {abs(s.distance_decades):.2f} decades and "
+        f"{abs(s.distance_metric):.4f} from the curve's optimum",
+    ]
+    if s.registration is not None:
+        r = s.registration
+        lines.append(f"  registered {r.model_name} version {r.version} as alias {r.alias}")
+    if s.runner_ups:
+        lines.append("runner-ups:")
+        header = ["beta", "mean", "std", "n", "curve", "run_id"] + s.varying_params
+        rows = [[f"{u['beta']:.4g}", _fmt(u["value"]), _fmt(u["std"]) if u["n"] > 1 else "-",
+                 str(u["n"]),
+                 _fmt(u["curve"]), u["run_id"]] + [u["params"].get(k, "") for k in s.varying_params]
+                for u in s.runner_ups]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        for r in rows:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    return "\n".join(lines)
