@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # mlflow costs seconds to import; commands that fail early sh
 logger = logging.getLogger(__name__)
 
 EPOCH_POLICIES = ("last_common", "best")
+#: Registry kinds that are evaluated per epoch (training sets have no benchmark metric).
+EVAL_KINDS = ("verification", "ijb")
 DEFAULT_MODEL_NAME = "facefuse-fusion"
 #: Seconds a tracking-server request may take before the command gives up (no retries).
 HTTP_TIMEOUT_S = 10
@@ -169,9 +171,10 @@ def dataset_metric(dataset: str, metric: Optional[str] = None) -> str:
     """Returns the MLflow metric key ('<dataset>/<metric>') for a registered dataset."""
     from facefuse.data import DATASETS
 
-    if dataset not in DATASETS:
-        raise ConfigError(None, f"unknown dataset {dataset!r}", field="dataset",
-                          fix=f"use one of: {', '.join(sorted(DATASETS))}")
+    evaluated = sorted(n for n, spec in DATASETS.items() if spec.kind in EVAL_KINDS)
+    if dataset not in evaluated:
+        raise ConfigError(None, f"unknown evaluation dataset {dataset!r}", field="dataset",
+                          fix=f"use one of: {', '.join(evaluated)}")
     if metric is None:
         metric = DATASETS[dataset].primary_metric
     if metric.startswith(dataset + "/"):
