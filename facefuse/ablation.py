@@ -1,0 +1,497 @@
+"""The ablation grid (variants x betas x seeds), its results from MLflow, and the paper-style table.
+
+Variant names are used in MLflow tags (``facefuse.variant``), JSON rows and tables:
+
+============  =====================================================================
+full          local + global attention, VIB, both backbones (the proposed model)
+local_only    only the local attention branch
+global_only   only the global attention branch
+no_vib        no bottleneck (plain embedding; beta does not apply: one row per seed)
+concat        concatenated maps instead of attention (the fusion baseline)
+arcface_only  the ArcFace backbone's map alone
+adaface_only  the AdaFace backbone's map alone
+============  =====================================================================
+
+The grid runs as one Ray Tune ``grid_search`` over whole trial configs (not a product of
+per-key grids, which would cross no_vib with every beta); see ``ablation_param_space``.
+
+Table decision: by default each cell is the variant's result at the beta that is best *for that
+dataset* (mean over seeds), matching how ``best_beta`` picks beta per dataset; the betas used
+are reported beside the table. ``beta="all"`` gives one row per (variant, beta) with no
+selection at all, and a number fixes one beta for every variant. Values are each run's metric at
+its final epoch (fixed budget, no per-run selection on the benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import pandas as pd
+
+from facefuse.errors import ConfigError
+from facefuse.selection import (
+    experiment_ids,
+    higher_is_better,
+    is_seed_param,
+    open_tracking,
+    resolve_tracking_uri,
+    search_all_runs,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Model overrides (facefuse.model.FusionConfig fields) of each variant, in table order.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "both"},
+    "local_only": {"branches": "local", "vib": True, "fusion": "attention", "inputs": "both"},
+    "global_only": {"branches": "global", "vib": True, "fusion": "attention", "inputs": "both"},
+    "no_vib": {"branches": "both", "vib": False, "fusion": "attention", "inputs": "both"},
+    "concat": {"branches": "both", "vib": True, "fusion": "concat", "inputs": "both"},
+    "arcface_only": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "arcface"},
+    "adaface_only": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "adaface"},
+}
+DEFAULT_BETAS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+#: Key of the single grid_search in the param space; ``expand_ablation`` flattens it.
+ABLATION_KEY = "ablation"
+QUALITY_ORDER = ("high", "mixed", "low")
+ROW_FIELDS = ("variant", "beta", "seed", "dataset", "metric", "value", "run_id")
+
+BetaMode = Union[str, float]
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+# ---------------------------------------------------------------------------------------------
+def _check_variants(variants: Optional[Sequence[str]]) -> list[str]:
+    names = list(VARIANTS) if not variants else list(dict.fromkeys(variants))
+    for name in names:
+        if name not in VARIANTS:
+            raise ConfigError(None, f"unknown ablation variant {name!r}", field="variants",
+                              fix=f"use some of: {', '.join(VARIANTS)}")
+    return names
+
+
+def _check_betas(betas: Optional[Sequence[float]]) -> list[float]:
+    values = list(DEFAULT_BETAS) if betas is None else [float(b) for b in betas]
+    if not values:
+        raise ConfigError(None, "the ablation needs at least one beta", field="betas",
+                          fix=f"give e.g. {list(DEFAULT_BETAS)}")
+    for b in values:
+        if not (math.isfinite(b) and b > 0):
+            raise ConfigError(None, f"beta must be a positive number, got {b!r}", field="betas",
+                              fix="use betas > 0 (the no_vib variant covers 'no bottleneck')")
+    return list(dict.fromkeys(values))
+
+
+def _check_seeds(seeds: Optional[Sequence[int]]) -> list[int]:
+    values = list(DEFAULT_SEEDS) if seeds is None else list(seeds)
+    if not values:
+        raise ConfigError(None, "the ablation needs at least one seed", field="seeds",
+                          fix="give e.g. [0, 1, 2]")
+    out = []
+    for s in values:
+        if isinstance(s, bool) or int(s) != s or int(s) < 0:
+            raise ConfigError(None, f"seed must be a non-negative integer, got {s!r}",
+                              field="seeds", fix="use e.g. [0, 1, 2]")
+        out.append(int(s))
+    return list(dict.fromkeys(out))
+
+
+def ablation_grid(variants: Optional[Sequence[str]] = None,
+                  betas: Optional[Sequence[float]] = None,
+                  seeds: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
+    """Returns one flat trial config per (variant, beta, seed); no_vib has no beta.
+
+    Each config holds ``variant``, ``seed``, ``beta`` (not for no_vib) and the variant's
+    FusionConfig overrides (``branches``, ``vib``, ``fusion``, ``inputs``).
+    """
+    names = _check_variants(variants)
+    beta_list = _check_betas(betas)
+    seed_list = _check_seeds(seeds)
+    grid = []
+    for name in names:
+        overrides = VARIANTS[name]
+        for beta in ([None] if not overrides["vib"] else beta_list):
+            for seed in seed_list:
+                config: dict[str, Any] = {"variant": name, "seed": seed}
+                if beta is not None:
+                    config["beta"] = beta
+                config.update(overrides)
+                grid.append(config)
+    return grid
+
+
+def ablation_param_space(variants: Optional[Sequence[str]] = None,
+                         betas: Optional[Sequence[float]] = None,
+                         seeds: Optional[Sequence[int]] = None,
+                         base: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Returns a Tune param space: ``base`` plus one grid_search over the ablation configs.
+
+    The trainable receives ``config[ABLATION_KEY]`` (one grid entry) and should merge it with
+    ``expand_ablation`` before building its model.
+    """
+    from ray import tune
+
+    space = dict(base or {})
+    space[ABLATION_KEY] = tune.grid_search(ablation_grid(variants, betas, seeds))
+    return space
+
+
+def expand_ablation(config: dict[str, Any]) -> dict[str, Any]:
+    """Returns a flat trial config: the ablation entry merged over the other keys."""
+    if ABLATION_KEY not in config:
+        return dict(config)
+    flat = {k: v for k, v in config.items() if k != ABLATION_KEY}
+    flat.update(config[ABLATION_KEY])
+    return flat
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows from MLflow
+# ---------------------------------------------------------------------------------------------
+def _dataset_order(datasets: Iterable[str]) -> list[str]:
+    from facefuse.data import DATASETS
+
+    names = list(dict.fromkeys(datasets))
+    registry = list(DATASETS)
+
+    def key(name: str) -> tuple[int, int, str]:
+        spec = DATASETS.get(name)
+        quality = QUALITY_ORDER.index(spec.quality) if spec and spec.quality in QUALITY_ORDER else 9
+        return (quality, registry.index(name) if name in registry else len(registry), name)
+
+    return sorted(names, key=key)
+
+
+def _run_datasets(run: Any) -> list[str]:
+    tag = run.data.tags.get("facefuse.datasets", "")
+    if tag:
+        return [d.strip() for d in tag.split(",") if d.strip()]
+    return sorted({k.split("/", 1)[0] for k in run.data.metrics if "/" in k
+                   and not k.startswith(("train/", "system/"))})
+
+
+def _run_seed(run: Any) -> Optional[int]:
+    raw = run.data.tags.get("facefuse.seed")
+    if raw is None:
+        raw = next((v for k, v in run.data.params.items() if is_seed_param(k)), None)
+    try:
+        return None if raw is None else int(float(raw))
+    except ValueError:
+        return None
+
+
+def rows_from_runs(runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Returns one row (variant, beta, seed, dataset, metric, value, run_id) per run and dataset."""
+    from facefuse.data import DATASETS
+
+    rows = []
+    for run in runs:
+        variant = run.data.tags.get("facefuse.variant", "")
+        if not variant:
+            continue
+        beta: Optional[float] = None
+        no_bottleneck = VARIANTS.get(variant, {}).get("vib") is False or \
+            str(run.data.params.get("vib", "")).lower() == "false"
+        if not no_bottleneck and "beta" in run.data.params:
+            try:
+                beta = float(run.data.params["beta"])
+            except ValueError:
+                beta = None
+        for dataset in _run_datasets(run):
+            spec = DATASETS.get(dataset)
+            if spec is None:
+                continue
+            key = f"{dataset}/{spec.primary_metric}"
+            if key not in run.data.metrics:
+                continue
+            rows.append({"variant": variant, "beta": beta, "seed": _run_seed(run),
+                         "dataset": dataset, "metric": key,
+                         "value": float(run.data.metrics[key]), "run_id": run.info.run_id})
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    rows.sort(key=lambda r: (order.get(r["variant"], len(order)), r["variant"],
+                             -1.0 if r["beta"] is None else r["beta"],
+                             -1 if r["seed"] is None else r["seed"], r["dataset"]))
+    return rows
+
+
+def collect_ablation_rows(tracking_uri: Optional[str], experiment: str,
+                          sweep_id: Optional[str] = None) -> list[dict[str, Any]]:
+    """Returns the ablation rows of an experiment (one sweep's when sweep_id is given).
+
+    Each finished trial run with a ``facefuse.variant`` tag gives one row per evaluated dataset:
+    its primary metric at the final epoch (MLflow's latest value).
+    """
+    client = open_tracking(tracking_uri)
+    ids = experiment_ids(client, experiment)
+    filt = "tags.`facefuse.kind` = 'trial' and attributes.status = 'FINISHED'"
+    if sweep_id is not None:
+        filt += f" and tags.`facefuse.sweep_id` = '{sweep_id}'"
+    return rows_from_runs(search_all_runs(client, ids, filt))
+
+
+def write_rows_json(rows: Sequence[dict[str, Any]], path: Union[str, os.PathLike]) -> Path:
+    """Returns the path after writing the rows as a JSON list (atomically)."""
+    return _write_atomic(Path(path), json.dumps(list(rows), indent=1, sort_keys=False) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+def _parse_beta_mode(beta: BetaMode) -> BetaMode:
+    if isinstance(beta, str) and beta not in ("best", "all"):
+        try:
+            return float(beta)
+        except ValueError:
+            raise ConfigError(None, f"unknown table beta {beta!r}", field="table_beta",
+                              fix="use 'best', 'all' or a beta value such as 0.1") from None
+    return beta
+
+
+def ablation_stats(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> pd.DataFrame:
+    """Returns mean/std/n over seeds per (variant, beta, dataset), filtered by the beta mode.
+
+    Columns: variant, dataset, metric, beta, mean, std (sample std; NaN for one seed), n.
+    ``beta``: "best" keeps each (variant, dataset)'s best beta, "all" keeps every beta, a
+    number keeps that beta (variants without a bottleneck keep their single row).
+    """
+    beta = _parse_beta_mode(beta)
+    cols = ["variant", "dataset", "metric", "beta", "mean", "std", "n"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(list(rows))
+    df["beta_key"] = df["beta"].fillna(-1.0)
+    grouped = (df.groupby(["variant", "dataset", "metric", "beta_key"], sort=False)["value"]
+               .agg(mean="mean", std="std", n="count").reset_index())
+    grouped["beta"] = grouped["beta_key"].where(grouped["beta_key"] >= 0)
+    grouped = grouped.drop(columns="beta_key")
+    if beta == "best":
+        picks = []
+        for (_, _, metric), part in grouped.groupby(["variant", "dataset", "metric"], sort=False):
+            idx = part["mean"].idxmax() if higher_is_better(metric) else part["mean"].idxmin()
+            picks.append(idx)
+        grouped = grouped.loc[picks]
+    elif beta != "all":
+        target = float(beta)
+        keep = grouped["beta"].isna() | grouped["beta"].apply(
+            lambda b: b == b and math.isclose(b, target, rel_tol=1e-9))
+        grouped = grouped[keep]
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    datasets = {d: i for i, d in enumerate(_dataset_order(grouped["dataset"]))}
+    grouped = grouped.assign(
+        _v=grouped["variant"].map(lambda v: order.get(v, len(order))),
+        _d=grouped["dataset"].map(datasets), _b=grouped["beta"].fillna(-1.0))
+    grouped = grouped.sort_values(["_v", "variant", "_b", "_d"]).drop(columns=["_v", "_d", "_b"])
+    return grouped[cols].reset_index(drop=True)
+
+
+def _scale(stats: pd.DataFrame) -> dict[str, float]:
+    # Accuracies and TARs are fractions; the field reads them in percent.
+    scale = {}
+    for dataset, part in stats.groupby("dataset"):
+        values = part["mean"].dropna()
+        scale[dataset] = 100.0 if len(values) and values.between(0.0, 1.0).all() else 1.0
+    return scale
+
+
+def _cell(mean: float, std: float, factor: float) -> str:
+    if math.isnan(std):
+        return f"{mean * factor:.2f}"
+    return f"{mean * factor:.2f} ± {std * factor:.2f}"
+
+
+def ablation_table(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> pd.DataFrame:
+    """Returns the paper-style table: rows = variants, columns = datasets, "mean ± std" cells.
+
+    Values in percent when they are fractions. With ``beta="all"`` the rows are (variant, beta).
+    ``table.attrs["beta"]`` holds the beta behind each cell (a DataFrame of the same shape) and
+    ``table.attrs["stats"]`` the numeric ``ablation_stats``.
+    """
+    beta = _parse_beta_mode(beta)
+    stats = ablation_stats(rows, beta)
+    if stats.empty:
+        table = pd.DataFrame()
+        table.attrs.update(stats=stats, beta=pd.DataFrame(), beta_mode=beta)
+        return table
+    factor = _scale(stats)
+    stats = stats.assign(cell=[_cell(m, s, factor[d]) for m, s, d in
+                               zip(stats["mean"], stats["std"], stats["dataset"])])
+    datasets = _dataset_order(stats["dataset"])
+    variants = list(dict.fromkeys(stats["variant"]))
+    if beta == "all":
+        stats = stats.assign(beta_label=stats["beta"].map(lambda b: "-" if b != b else f"{b:g}"))
+        index = list(dict.fromkeys(zip(stats["variant"], stats["beta_label"])))
+        table = stats.pivot(index=["variant", "beta_label"], columns="dataset", values="cell")
+        table = table.reindex(index=pd.MultiIndex.from_tuples(index, names=["variant", "beta"]),
+                              columns=datasets)
+        betas = pd.DataFrame()
+    else:
+        table = stats.pivot(index="variant", columns="dataset", values="cell")
+        table = table.reindex(index=variants, columns=datasets)
+        betas = stats.pivot(index="variant", columns="dataset", values="beta")
+        betas = betas.reindex(index=variants, columns=datasets)
+    table = table.fillna("")
+    table.columns.name = None
+    table.attrs.update(stats=stats.drop(columns="cell").reset_index(drop=True), beta=betas,
+                       beta_mode=beta)
+    return table
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in body)) if body else len(str(h))
+              for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *(line(r) for r in body)])
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """Returns the table as GitHub markdown, followed by the betas behind its cells."""
+    if table.empty:
+        return "(no ablation runs)"
+    stats: pd.DataFrame = table.attrs.get("stats", pd.DataFrame())
+    mode = table.attrs.get("beta_mode", "best")
+    percent = not stats.empty and all(v == 100.0 for v in _scale(stats).values())
+    if isinstance(table.index, pd.MultiIndex):
+        header = list(table.index.names) + list(table.columns)
+        body = [list(idx) + list(row) for idx, row in zip(table.index, table.values.tolist())]
+    else:
+        header = ["variant"] + list(table.columns)
+        body = [[idx] + list(row) for idx, row in zip(table.index, table.values.tolist())]
+    unit = "%, " if percent else ""
+    if mode == "best":
+        how = "each cell at the variant's best beta for that dataset"
+    elif mode == "all":
+        how = "one row per beta"
+    else:
+        how = f"beta = {float(mode):g}"
+    n = stats["n"] if not stats.empty else pd.Series(dtype=int)
+    seeds = f"{int(n.min())}" if len(n) and n.min() == n.max() else \
+        (f"{int(n.min())}-{int(n.max())}" if len(n) else "0")
+    parts = [_md_table(header, body), "",
+             f"Final-epoch primary metric ({unit}mean ± std over {seeds} seeds), {how}."]
+    betas: pd.DataFrame = table.attrs.get("beta", pd.DataFrame())
+    if mode == "best" and not betas.empty:
+        bbody = [[idx] + ["-" if b != b else f"{b:g}" for b in row]
+                 for idx, row in zip(betas.index, betas.values.tolist())]
+        parts += ["", "Beta behind each cell:", "", _md_table(["variant"] + list(betas.columns),
+                                                               bbody)]
+    return "\n".join(parts) + "\n"
+
+
+def write_table(table: pd.DataFrame, out_dir: Union[str, os.PathLike],
+                stem: str = "ablation") -> list[Path]:
+    """Returns [markdown, csv] after writing the table (markdown) and its numbers (CSV, long form)."""
+    out = Path(out_dir)
+    md = _write_atomic(out / f"{stem}.md", table_markdown(table))
+    stats: pd.DataFrame = table.attrs.get("stats", pd.DataFrame())
+    csv = _write_atomic(out / f"{stem}.csv", stats.to_csv(index=False))
+    return [md, csv]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command layer helpers (platform/ablation.py)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class AblationResult:
+    """Rows and table of one ablation (or of every ablation run in an experiment)."""
+
+    tracking_uri: str
+    experiment: str
+    sweep_id: Optional[str]
+    rows: list[dict[str, Any]]
+    table: pd.DataFrame
+    json_path: Optional[Path] = None
+
+
+def ablation_results(tracking_uri: Optional[str], experiment: str, sweep_id: Optional[str] = None,
+                     beta: BetaMode = "best", json_path: Optional[Union[str, os.PathLike]] = None
+                     ) -> AblationResult:
+    """Returns the rows and table of an ablation already run; writes the rows when json_path."""
+    uri = resolve_tracking_uri(tracking_uri)
+    rows = collect_ablation_rows(uri, experiment, sweep_id)
+    written = write_rows_json(rows, json_path) if json_path else None
+    return AblationResult(tracking_uri=uri, experiment=experiment, sweep_id=sweep_id, rows=rows,
+                          table=ablation_table(rows, beta), json_path=written)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_ablation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Returns the parser with the ablation command's arguments added."""
+    parser.add_argument("job", help="job YAML (data, backbones, epochs, resources, tracking)")
+    parser.add_argument("--variants", type=_names, default=None,
+                        help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)")
+    parser.add_argument("--betas", type=_floats, default=None,
+                        help="comma-separated betas (default: the job's list, else "
+                             f"{','.join(f'{b:g}' for b in DEFAULT_BETAS)})")
+    parser.add_argument("--seeds", type=_ints, default=None,
+                        help="comma-separated seeds (default: the job's list, else "
+                             f"{','.join(str(s) for s in DEFAULT_SEEDS)})")
+    parser.add_argument("--json", dest="json_path", default=None, metavar="FILE",
+                        help="write the rows (variant, beta, seed, dataset, metric, value) here")
+    parser.add_argument("--table-beta", default="best",
+                        help="table cells at each variant's best beta per dataset ('best', "
+                             "default), one row per beta ('all'), or one beta value")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: the job's, MLFLOW_TRACKING_URI, or "
+                             "sqlite:///<cwd>/mlflow.db)")
+    return parser
+
+
+def run_ablation(args: argparse.Namespace,
+                 run_grid: Callable[[argparse.Namespace, dict[str, Any]], tuple[str, str, str]]
+                 ) -> AblationResult:
+    """Returns the ablation's rows and table after ``run_grid`` ran the Tune grid.
+
+    ``run_grid(args, param_space)`` is the sweep machinery's grid runner; it returns
+    (tracking_uri, experiment, sweep_id) of what it recorded.
+    """
+    _parse_beta_mode(args.table_beta)  # a wrong table option fails before any training
+    space = ablation_param_space(args.variants, args.betas, args.seeds)
+    uri, experiment, sweep_id = run_grid(args, space)
+    return ablation_results(uri, experiment, sweep_id, beta=args.table_beta,
+                            json_path=args.json_path)
+
+
+def format_ablation(result: AblationResult) -> str:
+    """Returns the text the ablation command prints: the markdown table and where rows went."""
+    lines = [f"ablation ({result.experiment}" + (f", sweep {result.sweep_id}" if result.sweep_id
+                                                 else "") + f"): {len(result.rows)} rows", "",
+             table_markdown(result.table).rstrip()]
+    if result.json_path is not None:
+        lines += ["", f"rows written to {result.json_path}"]
+    return "\n".join(lines)
