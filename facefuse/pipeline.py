@@ -1,0 +1,62 @@
+"""What a command does before and after a sweep: embedded data, backbones, cache, summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from facefuse.embedded import embedded_paths, ensure_synth, ensure_tiny_backbones
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | str] = None,
+                build_cache: bool = True):
+    """Returns (resolved JobSpec, trial context) after making everything the job reads exist.
+
+    Embedded pieces (synthetic data, tiny backbones) are built when the job names them and they
+    are not complete yet; the feature cache is filled for the train set and every eval set.
+    """
+    from facefuse.features.dataset import BackbonePair, dataset_maps
+    from facefuse.sweep.jobs import load_job, resolve_paths, trial_context
+
+    job = resolve_paths(load_job(path), cwd)
+    emb = embedded_paths(cwd)
+    t0 = time.perf_counter()
+    if Path(job.data.root) == emb.data_root:
+        ensure_synth(emb.data_root, seed=0)
+    if Path(job.backbones.arcface) == emb.arcface_checkpoint or \
+            Path(job.backbones.adaface) == emb.adaface_checkpoint:
+        ensure_tiny_backbones(emb.data_root, emb.backbones_dir, seed=0)
+    for name in ("arcface", "adaface"):
+        ckpt = Path(getattr(job.backbones, name))
+        if not ckpt.exists():
+            from facefuse.errors import ConfigError
+            raise ConfigError(job.source, f"checkpoint {str(ckpt)!r} does not exist",
+                              field=f"backbones.{name}",
+                              fix="give the path of an insightface backbone.pth or AdaFace .ckpt")
+    if build_cache and job.data.cache_dir:
+        pair = BackbonePair(Path(job.backbones.arcface), Path(job.backbones.adaface))
+        for ds in [job.data.train, *job.data.eval]:
+            dataset_maps(ds, Path(job.data.root), pair, Path(job.data.cache_dir), build=True)
+    logger.info("job %s prepared in %.0fs", job.name, time.perf_counter() - t0)
+    return job, trial_context(job)
+
+
+def results_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Returns a plain-text table of dict rows (missing values shown as '-')."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "-" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
+              for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
