@@ -62,7 +62,8 @@ class ParamSpec:
         """Returns a short human description, e.g. "loguniform[1e-05, 0.01]"."""
         if self.distribution == "categorical":
             return f"categorical{list(self.choices)}"
-        return f"{self.distribution}{'(log)' if self.log else ''}[{self.low:g}, {self.high:g}]"
+        log = "(log)" if self.log and self.distribution != "loguniform" else ""
+        return f"{self.distribution}{log}[{self.low:g}, {self.high:g}]"
 
     def active(self, sampled: Mapping[str, Any]) -> bool:
         """Returns whether the parameter's conditions hold for the values sampled so far."""
@@ -99,21 +100,9 @@ class SearchSpace:
         """Returns the parameter names in sampling order."""
         return list(self.params)
 
-    def define_by_run(self, fixed: Optional[Mapping[str, Any]] = None
-                      ) -> Callable[[Any], dict[str, Any]]:
-        """Returns an Optuna define-by-run function; its return value adds ``fixed`` constants."""
-        specs = list(self.params.values())
-        constants = dict(fixed or {})
-
-        def space(trial: Any) -> dict[str, Any]:
-            sampled: dict[str, Any] = {}
-            for spec in specs:
-                if spec.active({**constants, **sampled}):
-                    sampled[spec.name] = spec.suggest(trial)
-            # OptunaSearch merges returned constants into the trial config.
-            return constants
-
-        return space
+    def define_by_run(self, fixed: Optional[Mapping[str, Any]] = None) -> "DefineByRun":
+        """Returns an Optuna define-by-run callable; its return value adds ``fixed`` constants."""
+        return DefineByRun(tuple(self.params.values()), dict(fixed or {}))
 
     def sample(self, trial: Any) -> dict[str, Any]:
         """Returns the values one Optuna trial draws (for studies outside Tune)."""
@@ -122,6 +111,22 @@ class SearchSpace:
             if spec.active(sampled):
                 sampled[spec.name] = spec.suggest(trial)
         return sampled
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """A picklable define-by-run space (OptunaSearch pickles its space with plain pickle)."""
+
+    specs: tuple[ParamSpec, ...]
+    constants: dict[str, Any]
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        sampled: dict[str, Any] = {}
+        for spec in self.specs:
+            if spec.active({**self.constants, **sampled}):
+                sampled[spec.name] = spec.suggest(trial)
+        # OptunaSearch merges returned constants into the trial config.
+        return dict(self.constants)
 
 
 def _known_params() -> Optional[set[str]]:

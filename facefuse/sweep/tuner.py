@@ -1,0 +1,393 @@
+"""The one place where a job becomes a Ray Tune run: Optuna TPE + ASHA + MLflow tracking.
+
+``run_sweep(job)`` resolves every path in the driver, joins the Ray cluster named by
+RAY_ADDRESS (``ray job submit`` sets it) or starts a local one, and then either restores the
+sweep's Tune experiment (same job, same storage: it continues, finished trials are not rerun)
+or starts it. The sweep id is the job name plus a hash of what defines its results, so running
+the same job again finds the same experiment, the same Optuna study name and the same MLflow
+runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from facefuse.errors import ConfigError
+from facefuse.sweep.jobs import (JobSpec, dataset_quality, fixed_config, resolve_paths,
+                                 trial_context)
+from facefuse.sweep.spaces import check_against_fixed, load_search_space
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAINABLE = "facefuse.train.run_trial"
+SWEEP_STATE_FILE = "facefuse_sweep.json"
+#: A trial that runs a TorchTrainer only waits on its workers; it reserves this much CPU itself.
+TRAINER_TRIAL_CPUS = 0.25
+
+Trainable = Union[str, Callable[..., None]]
+
+
+@dataclass
+class TrialSummary:
+    """One trial of a finished (or interrupted) sweep."""
+
+    trial_id: str
+    status: str  # TERMINATED | ERROR | ...
+    config: dict[str, Any]
+    epochs_done: int
+    objective: Optional[float]
+    run_id: Optional[str]
+    error: Optional[str] = None
+
+
+@dataclass
+class SweepResult:
+    """What ``run_sweep`` returns: where everything went and the best trial."""
+
+    sweep_id: str
+    experiment_name: str
+    tracking_uri: str
+    experiment_path: str
+    parent_run_id: Optional[str]
+    trials: list[TrialSummary] = field(default_factory=list)
+    best: Optional[TrialSummary] = None
+    resumed: bool = False
+    wall_s: float = 0.0
+    pending_tracking_ops: int = 0
+
+    @property
+    def num_errors(self) -> int:
+        """Returns how many trials ended in error."""
+        return sum(1 for t in self.trials if t.status == "ERROR")
+
+
+# --------------------------------------------------------------------------- helpers
+def sweep_id_for(job: JobSpec) -> str:
+    """Returns the deterministic sweep id: job name + 10 hex digits of the job's identity hash."""
+    return f"{job.name}-{job.identity_hash()[:10]}"
+
+
+def resolve_trainable(trainable: Optional[Trainable]) -> Callable[..., None]:
+    """Returns the trainable function (imported from "module.attr" when given as a string)."""
+    if trainable is None:
+        trainable = DEFAULT_TRAINABLE
+    if callable(trainable):
+        return trainable
+    module_name, _, attr = str(trainable).rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(None, f"cannot import trainable {trainable!r}: {exc}",
+                          field="trainable", fix="give 'package.module.function'")
+    if not callable(fn):
+        raise ConfigError(None, f"trainable {trainable!r} is not callable", field="trainable")
+    if fn.__module__.split(".")[0] == "platform":
+        # Workers started without a runtime_env hold the standard-library platform module.
+        raise ConfigError(None, f"trainable {trainable!r} lives under platform/", field="trainable",
+                          fix="move it into the facefuse package (see DESIGN.md)")
+    return fn
+
+
+def git_commit(cwd: Optional[Path] = None) -> str:
+    """Returns the git commit of the working tree (suffix "-dirty"), else $FACEFUSE_GIT_COMMIT."""
+    env = os.environ.get("FACEFUSE_GIT_COMMIT")
+    if env:
+        return env
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def checkpoint_sha256(path: str) -> str:
+    """Returns the sha256 of a checkpoint file, or "missing"."""
+    if not os.path.isfile(path):
+        return "missing"
+    try:
+        from facefuse.backbones import checkpoint_hash  # type: ignore[attr-defined]
+
+        return str(checkpoint_hash(path))
+    except (ImportError, AttributeError):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+
+def init_ray(**kwargs: Any) -> None:
+    """Joins RAY_ADDRESS when set, else starts a local Ray sized to the machine (dashboard on).
+
+    The dashboard (State API) must run: ASHA-stopped Train trials free their placement groups
+    through it (STACK_NOTES.md). It binds to 127.0.0.1 unless the caller says otherwise.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        logger.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, **kwargs)
+        return
+    kwargs.setdefault("include_dashboard", True)
+    kwargs.setdefault("dashboard_host", "127.0.0.1")
+    ray.init(**kwargs)
+
+
+def _trial_resources(job: JobSpec) -> dict[str, float]:
+    r = job.resources
+    if r.workers_per_trial > 1:
+        return {"cpu": TRAINER_TRIAL_CPUS}
+    return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
+
+
+def _check_cluster_fits(job: JobSpec) -> None:
+    import ray
+
+    r = job.resources
+    need_cpu = (r.workers_per_trial * r.cpus_per_worker + (TRAINER_TRIAL_CPUS if r.workers_per_trial > 1 else 0))
+    need_gpu = r.workers_per_trial * r.gpus_per_worker
+    have = ray.cluster_resources()
+    short = []
+    if need_cpu > have.get("CPU", 0):
+        short.append(f"{need_cpu:g} CPUs (cluster has {have.get('CPU', 0):g})")
+    if need_gpu > have.get("GPU", 0):
+        short.append(f"{need_gpu:g} GPUs (cluster has {have.get('GPU', 0):g})")
+    if short:
+        msg = f"one trial needs {' and '.join(short)}"
+        if os.environ.get("RAY_ADDRESS"):
+            # An autoscaling cluster may add nodes; say so and let Tune wait.
+            logger.warning("%s; waiting for the autoscaler", msg)
+        else:
+            raise ConfigError(job.source, msg, field="resources",
+                              fix="lower resources.workers_per_trial / cpus_per_worker / "
+                                  "gpus_per_worker, or run on a cluster (RAY_ADDRESS)")
+
+
+def _wrap(fn: Callable[..., None], job: JobSpec, context: dict[str, Any]) -> Any:
+    from ray import tune
+
+    params = inspect.signature(fn).parameters
+    wrapped: Any = fn
+    if "context" in params:
+        wrapped = tune.with_parameters(fn, context=context)
+    return tune.with_resources(wrapped, _trial_resources(job))
+
+
+def _local_storage(job: JobSpec) -> bool:
+    return "://" not in str(job.storage)
+
+
+def _choose_sweep_id(job: JobSpec, resume: bool) -> str:
+    base = sweep_id_for(job)
+    if resume or not _local_storage(job):
+        return base
+    sweep_id, n = base, 1
+    while (Path(job.storage) / sweep_id).exists():
+        n += 1
+        sweep_id = f"{base}-{n}"
+    return sweep_id
+
+
+def _state_dir(job: JobSpec, sweep_id: str) -> Path:
+    if _local_storage(job):
+        return Path(job.storage) / sweep_id
+    from facefuse.embedded import embedded_paths
+
+    return embedded_paths().base / "sweeps" / sweep_id
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts" / experiment).as_uri()
+    if tracking_uri.startswith("/"):
+        return None
+    return None  # a tracking server decides where artifacts go
+
+
+def build_callback(job: JobSpec, sweep_id: str, state_dir: Path,
+                   flush_timeout_s: float = 120.0) -> "Any":
+    """Returns the MLflow tracking callback of a resolved job."""
+    from facefuse.sweep.tracking import MlflowTrackingCallback
+
+    commit = git_commit(Path.cwd())
+    quality = (job.objective.quality if job.objective.quality is not None
+               else dataset_quality(job.objective.dataset or ""))
+    arc_hash = checkpoint_sha256(job.backbones.arcface)
+    ada_hash = checkpoint_sha256(job.backbones.adaface)
+    common = {
+        "facefuse.datasets": ",".join(job.data.eval),
+        "facefuse.train_dataset": job.data.train,
+        "facefuse.quality": quality,
+        "facefuse.qualities": ",".join(f"{d}:{dataset_quality(d)}" for d in job.data.eval),
+        "facefuse.objective": job.objective.describe(),
+        "facefuse.backbone.arcface_sha256": arc_hash,
+        "facefuse.backbone.adaface_sha256": ada_hash,
+        "facefuse.git_commit": commit,
+        "facefuse.job": job.name,
+        "facefuse.search_space": os.path.basename(job.search_space),
+    }
+    if job.variant:
+        common["facefuse.variant"] = job.variant
+    state_dir.mkdir(parents=True, exist_ok=True)
+    job_json = state_dir / "resolved_job.json"
+    tmp = job_json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"sweep_id": sweep_id, "job": job.to_dict()}, indent=1, default=str))
+    os.replace(tmp, job_json)
+    sweep_params = {k: v for k, v in job.to_dict().items()
+                    if k not in ("tracking", "source", "resolved", "params")}
+    sweep_params["fixed"] = dict(job.params)
+    return MlflowTrackingCallback(
+        tracking_uri=job.tracking.uri or "", experiment_name=job.experiment_name,
+        sweep_id=sweep_id, state_dir=str(state_dir),
+        sweep_tags={**common, "facefuse.job_hash": job.identity_hash(),
+                    "facefuse.job_file": job.source or ""},
+        trial_tags=common, sweep_params=sweep_params,
+        sweep_artifacts=[str(job_json), job.search_space],
+        trial_context=trial_context(job), full_budget_epochs=job.max_t,
+        artifact_location=_artifact_location(job.tracking.uri or "", job.experiment_name),
+        flush_timeout_s=flush_timeout_s)
+
+
+def _write_sweep_state(state_dir: Path, sweep_id: str, job: JobSpec) -> None:
+    path = state_dir / SWEEP_STATE_FILE
+    if path.exists():
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sweep_id": sweep_id, "job_hash": job.identity_hash(),
+                               "job_file": job.source, "created": time.time()}, indent=1))
+    os.replace(tmp, path)
+
+
+def _summaries(trials: list[Any], callback: Any) -> list[TrialSummary]:
+    from facefuse.sweep.tracking import error_text
+
+    out = []
+    for trial in trials:
+        last = trial.last_result or {}
+        obj = last.get("objective")
+        out.append(TrialSummary(
+            trial_id=trial.trial_id, status=str(trial.status), config=dict(trial.config),
+            epochs_done=int(last.get("epoch", last.get("training_iteration", 0)) or 0),
+            objective=None if obj is None else float(obj),
+            run_id=callback.run_id_of(trial.trial_id),
+            error=error_text(trial)[0] if trial.status == "ERROR" else None))
+    return out
+
+
+def _best(trials: list[TrialSummary], epochs: int) -> Optional[TrialSummary]:
+    # ASHA-stopped trials report early-epoch values: prefer trials that used the whole budget.
+    done = [t for t in trials if t.status != "ERROR" and t.objective is not None]
+    full = [t for t in done if t.epochs_done >= epochs]
+    pool = full or done
+    return max(pool, key=lambda t: t.objective) if pool else None
+
+
+# --------------------------------------------------------------------------- the sweep
+def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool = True,
+              retry_errored: bool = False, flush_timeout_s: float = 120.0,
+              ray_init_kwargs: Optional[dict[str, Any]] = None) -> SweepResult:
+    """Returns the result of running (or resuming) a job's sweep to completion.
+
+    ``trainable``: a function ``f(config)`` or ``f(config, context)`` reporting once per epoch
+    with ``ray.tune.report``, or its import path; default ``facefuse.train.run_trial``.
+    ``resume``: continue this job's experiment when its storage holds one (finished trials are
+    kept, unfinished ones continue from their checkpoints); False starts a new sweep id.
+    ``retry_errored``: on resume, also retry trials that had failed (from their checkpoints).
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    import optuna
+
+    t0 = time.perf_counter()
+    if not job.resolved:
+        job = resolve_paths(job)
+    space = load_search_space(job.search_space)
+    fixed = fixed_config(job)
+    check_against_fixed(space, fixed, job.source)
+    fn = resolve_trainable(trainable)
+    context = trial_context(job)
+
+    sweep_id = _choose_sweep_id(job, resume)
+    state_dir = _state_dir(job, sweep_id)
+    experiment_path = (str(Path(job.storage) / sweep_id) if _local_storage(job)
+                       else f"{str(job.storage).rstrip('/')}/{sweep_id}")
+    _write_sweep_state(state_dir, sweep_id, job)
+
+    init_ray(**(ray_init_kwargs or {}))
+    _check_cluster_fits(job)
+
+    callback = build_callback(job, sweep_id, state_dir, flush_timeout_s)
+    # The experiment and the parent run exist before any trial starts (no racing creators).
+    callback.start()
+
+    wrapped = _wrap(fn, job, context)
+    run_config = tune.RunConfig(
+        name=sweep_id, storage_path=str(job.storage), callbacks=[callback],
+        failure_config=tune.FailureConfig(max_failures=job.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1)
+    resumed = resume and tune.Tuner.can_restore(experiment_path)
+    if resumed:
+        logger.info("resuming sweep %s from %s", sweep_id, experiment_path)
+        tuner = tune.Tuner.restore(experiment_path, trainable=wrapped, resume_unfinished=True,
+                                   resume_errored=retry_errored)
+        # tuner.pkl holds the run config of the first run; today's callback (tracking URI,
+        # retries) and failure settings replace it.
+        restored = tuner._local_tuner.get_run_config() if getattr(tuner, "_local_tuner", None) \
+            else None
+        if restored is not None:
+            restored.callbacks = [callback]
+            restored.failure_config = run_config.failure_config
+        else:  # pragma: no cover - only with Ray Client
+            logger.warning("could not replace the restored callbacks; using the pickled ones")
+    else:
+        searcher = OptunaSearch(
+            space=space.define_by_run(fixed),
+            sampler=optuna.samplers.TPESampler(seed=job.seed),
+            study_name=sweep_id, metric="objective", mode="max")
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=job.resources.max_concurrent_trials)
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric="objective", mode="max",
+                                  max_t=job.max_t,
+                                  grace_period=job.asha.grace_period,
+                                  reduction_factor=job.asha.reduction_factor)
+        tuner = tune.Tuner(
+            wrapped,
+            # metric and mode live on the searcher and the scheduler: a ConcurrencyLimiter
+            # around a define-by-run OptunaSearch does not pass TuneConfig's down.
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                        num_samples=job.trials),
+            run_config=run_config)
+    results = tuner.fit()
+    callback.flush()
+    trials = _summaries(callback.final_trials, callback)
+    result = SweepResult(
+        sweep_id=sweep_id, experiment_name=job.experiment_name,
+        tracking_uri=job.tracking.uri or "", experiment_path=experiment_path,
+        parent_run_id=callback.parent_run_id, trials=trials, best=_best(trials, job.max_t),
+        resumed=bool(resumed), wall_s=time.perf_counter() - t0,
+        pending_tracking_ops=callback.pending_operations)
+    logger.info("sweep %s: %d trials (%d failed) in %.0fs", sweep_id, len(trials),
+                result.num_errors, result.wall_s)
+    return result
