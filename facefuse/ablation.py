@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -43,6 +42,8 @@ from facefuse.selection import (
     is_seed_param,
     open_tracking,
     resolve_tracking_uri,
+    run_params,
+    run_variant,
     search_all_runs,
 )
 
@@ -61,7 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 DEFAULT_BETAS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 #: Key of the single grid_search in the param space; ``expand_ablation`` flattens it.
-ABLATION_KEY = "ablation"
+ABLATION_KEY = "ablation"  # selection.NESTED_PARAM_PREFIXES strips "ablation." from params
 QUALITY_ORDER = ("high", "mixed", "low")
 ROW_FIELDS = ("variant", "beta", "seed", "dataset", "metric", "value", "run_id")
 
@@ -183,7 +184,7 @@ def _run_datasets(run: Any) -> list[str]:
 def _run_seed(run: Any) -> Optional[int]:
     raw = run.data.tags.get("facefuse.seed")
     if raw is None:
-        raw = next((v for k, v in run.data.params.items() if is_seed_param(k)), None)
+        raw = next((v for k, v in run_params(run).items() if is_seed_param(k)), None)
     try:
         return None if raw is None else int(float(raw))
     except ValueError:
@@ -196,15 +197,16 @@ def rows_from_runs(runs: Sequence[Any]) -> list[dict[str, Any]]:
 
     rows = []
     for run in runs:
-        variant = run.data.tags.get("facefuse.variant", "")
+        variant = run_variant(run)
         if not variant:
             continue
+        params = run_params(run)
         beta: Optional[float] = None
         no_bottleneck = VARIANTS.get(variant, {}).get("vib") is False or \
-            str(run.data.params.get("vib", "")).lower() == "false"
-        if not no_bottleneck and "beta" in run.data.params:
+            str(params.get("vib", "")).lower() == "false"
+        if not no_bottleneck and "beta" in params:
             try:
-                beta = float(run.data.params["beta"])
+                beta = float(params["beta"])
             except ValueError:
                 beta = None
         for dataset in _run_datasets(run):
@@ -245,16 +247,10 @@ def write_rows_json(rows: Sequence[dict[str, Any]], path: Union[str, os.PathLike
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from facefuse.data._io import atomic_write
+
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
     return path
 
 

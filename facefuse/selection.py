@@ -204,6 +204,27 @@ def _canonical(value: str) -> str:
     return value
 
 
+#: Param prefixes of nested grid entries (the ablation's grid_search; the sweep's callback
+#: flattens nested config dicts to "<key>.<field>" params).
+NESTED_PARAM_PREFIXES = ("ablation.",)
+
+
+def run_params(run: "Run") -> dict[str, str]:
+    """Returns a run's params with nested grid prefixes removed ("ablation.beta" -> "beta")."""
+    params = dict(run.data.params)
+    for name, value in list(params.items()):
+        for prefix in NESTED_PARAM_PREFIXES:
+            if name.startswith(prefix):
+                params.setdefault(name[len(prefix):], value)
+                del params[name]
+    return params
+
+
+def run_variant(run: "Run") -> str:
+    """Returns the run's ablation variant ("" for a plain sweep trial)."""
+    return run.data.tags.get("facefuse.variant") or run_params(run).get("variant", "")
+
+
 def _is_true(value: Optional[str]) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
@@ -292,13 +313,13 @@ def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
     runs = search_all_runs(client, ids, TRIAL_FILTER)
     candidates = []
     for run in runs:
-        variant = run.data.tags.get("facefuse.variant", "")
+        variant = run_variant(run)
         if variant and variant not in variants:
             continue
         if metric_key not in run.data.metrics:
             continue
         try:
-            beta = float(run.data.params.get("beta", "nan"))
+            beta = float(run_params(run).get("beta", "nan"))
         except ValueError:
             continue
         if not (math.isfinite(beta) and beta > 0):
@@ -333,7 +354,7 @@ def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
             run_id=run.info.run_id, experiment=ids.get(run.info.experiment_id, ""), beta=beta,
             value=value, epoch=int(epoch),
             full_budget=_is_true(run.data.tags.get("facefuse.full_budget")),
-            params=dict(run.data.params)))
+            params={k: v for k, v in run_params(run).items() if k != "variant"}))
     return trials, common, full_only
 
 

@@ -222,3 +222,17 @@ def test_run_ablation_calls_the_grid_runner_with_the_space(store: dict, tmp_path
     bad = add_ablation_args(argparse.ArgumentParser()).parse_args(["j.yaml", "--table-beta", "x"])
     with pytest.raises(ConfigError):
         run_ablation(bad, run_grid)
+
+
+def test_nested_grid_params_are_read(store: dict, tmp_path: Path) -> None:
+    # The sweep's callback flattens the nested grid entry to "ablation.<field>" params.
+    client = store["client"]
+    exp = client.create_experiment("nested", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp, tags={"facefuse.kind": "trial", "facefuse.datasets": "lfw"})
+    entry = ablation_grid(["concat"], betas=[0.3], seeds=[4])[0]
+    client.log_batch(run.info.run_id, metrics=[Metric("lfw/acc", 0.97, 0, 3)],
+                     params=[Param(f"{ABLATION_KEY}.{k}", str(v)) for k, v in entry.items()])
+    client.set_terminated(run.info.run_id)
+    rows = collect_ablation_rows(store["uri"], "nested")
+    assert rows == [{"variant": "concat", "beta": 0.3, "seed": 4, "dataset": "lfw",
+                     "metric": "lfw/acc", "value": 0.97, "run_id": run.info.run_id}]

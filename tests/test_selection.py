@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -30,8 +31,18 @@ from facefuse.selection import (
 BETAS = [10.0 ** e for e in np.arange(-3.0, 1.01, 0.5)]  # 1e-3 .. 10, half decades
 
 
-def _store(tmp_path: Path, name: str = "mlflow.db") -> tuple[str, MlflowClient]:
-    uri = f"sqlite:///{tmp_path / name}"
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Creating an MLflow schema takes seconds (migrations); tests copy one empty store instead.
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def _store(tmp_path: Path, template: Path) -> tuple[str, MlflowClient]:
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(template, path)
+    uri = f"sqlite:///{path}"
     return uri, MlflowClient(uri)
 
 
@@ -85,9 +96,9 @@ def rising(final: float, epochs: int = 5) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def sweep_store(tmp_path_factory: pytest.TempPathFactory, template_db: Path) -> dict:
     tmp_path = tmp_path_factory.mktemp("sweep")
-    uri, client = _store(tmp_path)
+    uri, client = _store(tmp_path, template_db)
     exp = _experiment(client, tmp_path, "beta_sweep")
     parent = add_parent(client, exp)
     rng = np.random.default_rng(0)
@@ -142,8 +153,8 @@ def test_other_metric_and_experiment_filter(sweep_store: dict) -> None:
         select_beta(sweep_store["uri"], "lfw", metric="acc_std")
 
 
-def test_repeated_settings_are_averaged_not_argmaxed(tmp_path: Path) -> None:
-    uri, client = _store(tmp_path)
+def test_repeated_settings_are_averaged_not_argmaxed(tmp_path: Path, template_db: Path) -> None:
+    uri, client = _store(tmp_path, template_db)
     exp = _experiment(client, tmp_path, "avg")
     parent = add_parent(client, exp)
     finals = {0.001: [0.90], 0.01: [0.99, 0.80], 0.1: [0.95, 0.95], 1.0: [0.93], 10.0: [0.90]}
@@ -164,8 +175,8 @@ def test_repeated_settings_are_averaged_not_argmaxed(tmp_path: Path) -> None:
     assert lucky and lucky[0]["value"] == pytest.approx(0.895) and lucky[0]["n"] == 2
 
 
-def test_last_common_epoch_versus_best_epoch(tmp_path: Path) -> None:
-    uri, client = _store(tmp_path)
+def test_last_common_epoch_versus_best_epoch(tmp_path: Path, template_db: Path) -> None:
+    uri, client = _store(tmp_path, template_db)
     exp = _experiment(client, tmp_path, "epochs")
     parent = add_parent(client, exp)
     # Neither ran its full budget, so both count; the short one stopped after epoch 2.
@@ -184,8 +195,8 @@ def test_last_common_epoch_versus_best_epoch(tmp_path: Path) -> None:
         select_beta(uri, "lfw", epoch_policy="median")
 
 
-def test_full_budget_trials_are_preferred(tmp_path: Path) -> None:
-    uri, client = _store(tmp_path)
+def test_full_budget_trials_are_preferred(tmp_path: Path, template_db: Path) -> None:
+    uri, client = _store(tmp_path, template_db)
     exp = _experiment(client, tmp_path, "budget")
     parent = add_parent(client, exp)
     full = add_trial(client, exp, parent, {"beta": 1.0}, {"lfw/acc": rising(0.90)})
@@ -231,8 +242,8 @@ def test_register_choice_sets_alias_and_moves_the_tag(sweep_store: dict) -> None
     assert client.get_model_version_by_alias(reg.model_name, "best-lfw").run_id == other
 
 
-def test_register_prefers_the_best_checkpoint_artifact(tmp_path: Path) -> None:
-    uri, client = _store(tmp_path)
+def test_register_prefers_the_best_checkpoint_artifact(tmp_path: Path, template_db: Path) -> None:
+    uri, client = _store(tmp_path, template_db)
     exp = _experiment(client, tmp_path, "ckpt")
     parent = add_parent(client, exp)
     rid = add_trial(client, exp, parent, {"beta": 0.1}, {"ijbb/tar_far_1e-4": rising(0.8)})

@@ -1,0 +1,503 @@
+"""Reports built from MLflow alone: ablation table, beta trade-off plot, ROC curves, importances.
+
+``build_report(tracking_uri, experiment, out_dir)`` writes every file into ``out_dir`` and logs
+them to the experiment's parent (sweep) runs under ``report/``:
+
+- ``ablation.md`` / ``ablation.csv``: the ablation table, when ablation runs exist;
+- ``beta_tradeoff.png``: each dataset's primary metric against beta, high-quality sets on the
+  left and mixed/low-quality sets on the right, with the smoothed curve and band of
+  ``facefuse.selection``; ``best_beta_by_dataset.csv`` holds each curve's preferred beta;
+- ``roc_best_trials.png``: the ROC curve of the best trial per IJB set (from its
+  ``roc_<dataset>.npz`` artifact);
+- ``importance_<sweep_id>.csv`` / ``.png``: Optuna parameter importances (optuna's default
+  evaluator, PED-ANOVA in optuna 5) of each sweep, from the trials that ran their full budget;
+- ``report.md``: an index of the above that also says what was skipped and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+import numpy as np
+
+from facefuse.ablation import QUALITY_ORDER, ablation_table, rows_from_runs, write_table
+from facefuse.data._io import atomic_write
+from facefuse.selection import (
+    EVAL_KINDS,
+    TRIAL_FILTER,
+    collect_trials,
+    experiment_ids,
+    fit_curve,
+    group_settings,
+    higher_is_better,
+    is_seed_param,
+    open_tracking,
+    run_params,
+    run_variant,
+    search_all_runs,
+    _is_true,
+    _tracking_call,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+logger = logging.getLogger(__name__)
+
+REPORT_ARTIFACT_DIR = "report"
+#: Fewer full-budget trials than this and importances are not computed (PED-ANOVA compares the
+#: top quantile of trials with all of them; with a handful the numbers mean nothing).
+MIN_IMPORTANCE_TRIALS = 8
+#: A numeric param spanning at least this ratio (and positive) is treated as log-scaled.
+LOG_SPAN = 100.0
+
+
+@dataclass
+class Report:
+    """What build_report wrote, what it skipped (with reasons) and where it logged the files."""
+
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    logged_to: list[str] = field(default_factory=list)
+    roc_runs: dict[str, str] = field(default_factory=dict)  # IJB set -> run whose ROC is drawn
+    importances: dict[str, dict[str, float]] = field(default_factory=dict)  # sweep id -> values
+
+
+def _save_figure(fig: "Figure", path: Path) -> Path:
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _evaluated_datasets(runs: Sequence["Run"]) -> list[str]:
+    from facefuse.data import DATASETS
+
+    found: list[str] = []
+    for run in runs:
+        for name in run.data.tags.get("facefuse.datasets", "").split(","):
+            name = name.strip()
+            if name and name not in found:
+                found.append(name)
+        for key in run.data.metrics:
+            name = key.split("/", 1)[0]
+            if "/" in key and name in DATASETS and name not in found:
+                found.append(name)
+    order = list(DATASETS)
+    return sorted((d for d in found if d in DATASETS and DATASETS[d].kind in EVAL_KINDS),
+                  key=order.index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Beta trade-off
+# ---------------------------------------------------------------------------------------------
+def _beta_curves(client: "MlflowClient", ids: dict[str, str],
+                 datasets: Sequence[str]) -> list[dict[str, Any]]:
+    from facefuse.data import DATASETS
+
+    out = []
+    for dataset in datasets:
+        spec = DATASETS[dataset]
+        key = f"{dataset}/{spec.primary_metric}"
+        trials, epoch, full_only = collect_trials(client, ids, key, "last_common")
+        if not trials:
+            continue
+        higher = higher_is_better(key)
+        settings = group_settings(trials, higher)
+        curve = fit_curve([s.beta for s in settings], [s.mean for s in settings],
+                          [s.n for s in settings], n_bootstrap=100)
+        i = int(np.argmax(curve.mean) if higher else np.argmin(curve.mean))
+        best = (max if higher else min)(trials, key=lambda t: t.value)
+        out.append({"dataset": dataset, "quality": spec.quality, "metric": key,
+                    "settings": settings, "curve": curve, "epoch": epoch,
+                    "full_only": full_only, "n_trials": len(trials),
+                    "curve_beta": curve.beta[i], "curve_value": curve.mean[i],
+                    "best_trial_beta": best.beta, "best_trial_value": best.value})
+    return out
+
+
+def plot_beta_tradeoff(curves: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Returns the path of a PNG: metric vs beta, high quality left, mixed/low quality right."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.6))
+    axes = fig.subplots(1, 2, sharex=True)
+    panels = {"high": (axes[0], "high-quality sets"), "mixed": (axes[1], "mixed / low-quality sets"),
+              "low": (axes[1], "mixed / low-quality sets")}
+    colours = iter([f"C{i}" for i in range(10)] * 4)
+    used: dict[Any, list[str]] = {axes[0]: [], axes[1]: []}
+    for c in curves:
+        ax, _ = panels.get(c["quality"], panels["low"])
+        colour = next(colours)
+        curve = c["curve"]
+        betas = [s.beta for s in c["settings"]]
+        means = [s.mean for s in c["settings"]]
+        ax.fill_between(curve.beta, curve.lower, curve.upper, color=colour, alpha=0.15,
+                        linewidth=0)
+        ax.plot(curve.beta, curve.mean, color=colour,
+                label=f"{c['dataset']} ({c['quality']}), best beta ~ {c['curve_beta']:.2g}")
+        ax.scatter(betas, means, color=colour, s=14, alpha=0.7)
+        ax.scatter([c["curve_beta"]], [c["curve_value"]], color=colour, marker="*", s=120,
+                   edgecolor="black", linewidth=0.5, zorder=5)
+        used[ax].append(c["metric"].split("/", 1)[1])
+    for ax, title in ((axes[0], "high-quality sets"), (axes[1], "mixed / low-quality sets")):
+        ax.set_xscale("log")
+        ax.set_xlabel("beta (VIB KL weight)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        if used[ax]:
+            ax.set_ylabel(" / ".join(dict.fromkeys(used[ax])))
+            ax.legend(fontsize=8, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no datasets of this quality", ha="center", va="center",
+                    transform=ax.transAxes)
+    fig.suptitle("primary metric vs beta (points: settings averaged over seeds; "
+                 "line and band: smoothed curve, 90% bootstrap band; star: curve optimum)",
+                 fontsize=9)
+    return _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# ROC curves
+# ---------------------------------------------------------------------------------------------
+def _find_artifact(client: "MlflowClient", run_id: str, name: str) -> Optional[str]:
+    # The sweep logs ROC files under roc/ (and the best checkpoint may hold copies).
+    queue, seen = [""], 0
+    while queue and seen < 6:
+        folder = queue.pop(0)
+        seen += 1
+        for entry in _tracking_call("listing artifacts", client.list_artifacts, run_id,
+                                    folder or None):
+            if entry.is_dir:
+                queue.append(entry.path)
+            elif entry.path.rsplit("/", 1)[-1] == name:
+                return entry.path
+    return None
+
+
+def _roc_of_best_trials(client: "MlflowClient", runs: Sequence["Run"], datasets: Sequence[str],
+                        tmp: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    from facefuse.data import DATASETS
+
+    found, missing = [], []
+    for dataset in datasets:
+        if DATASETS[dataset].kind != "ijb":
+            continue
+        key = f"{dataset}/{DATASETS[dataset].primary_metric}"
+        cands = [r for r in runs if key in r.data.metrics and run_variant(r) in ("", "full")]
+        if any(_is_true(r.data.tags.get("facefuse.full_budget")) for r in cands):
+            cands = [r for r in cands if _is_true(r.data.tags.get("facefuse.full_budget"))]
+        cands.sort(key=lambda r: r.data.metrics[key], reverse=higher_is_better(key))
+        for run in cands:
+            path = _find_artifact(client, run.info.run_id, f"roc_{dataset}.npz")
+            if path is None:
+                continue
+            local = _tracking_call("downloading a ROC file", client.download_artifacts,
+                                   run.info.run_id, path, str(tmp))
+            with np.load(local, allow_pickle=False) as npz:
+                fpr, tpr = np.asarray(npz["fpr"], float), np.asarray(npz["tpr"], float)
+            found.append({"dataset": dataset, "run_id": run.info.run_id, "fpr": fpr, "tpr": tpr,
+                          "metric": key, "value": run.data.metrics[key],
+                          "beta": run_params(run).get("beta", "?")})
+            break
+        else:
+            missing.append(dataset)
+    return found, missing
+
+
+def plot_rocs(rocs: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Returns the path of a PNG with one ROC curve (TAR vs log FAR) per IJB set."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.subplots()
+    for roc in rocs:
+        keep = roc["fpr"] > 0
+        ax.plot(roc["fpr"][keep], roc["tpr"][keep],
+                label=f"{roc['dataset']}: {roc['metric'].split('/', 1)[1]}={roc['value']:.4f} "
+                      f"(beta {roc['beta']}, run {roc['run_id'][:8]})")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-6, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("FAR (false accept rate)")
+    ax.set_ylabel("TAR (true accept rate)")
+    ax.set_title("IJB 1:1 verification: best trial per set")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter importances
+# ---------------------------------------------------------------------------------------------
+def _objective_of(run: "Run") -> Optional[float]:
+    from facefuse.data import DATASETS
+
+    if "objective" in run.data.metrics:
+        return float(run.data.metrics["objective"])
+    spec = run.data.tags.get("facefuse.objective", "")
+    if spec.startswith("mean:"):
+        quality = spec.split(":", 1)[1]
+        values = [v for k, v in run.data.metrics.items()
+                  if k.split("/", 1)[0] in DATASETS
+                  and (quality == "all" or DATASETS[k.split("/", 1)[0]].quality == quality)
+                  and k == f"{k.split('/', 1)[0]}/{DATASETS[k.split('/', 1)[0]].primary_metric}"]
+        return float(np.mean(values)) if values else None
+    if spec.endswith("/primary") and spec.split("/", 1)[0] in DATASETS:
+        name = spec.split("/", 1)[0]
+        spec = f"{name}/{DATASETS[name].primary_metric}"
+    value = run.data.metrics.get(spec)
+    return None if value is None else float(value)
+
+
+def _distribution(values: Sequence[str]) -> Any:
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return CategoricalDistribution(sorted(set(values)))
+    lo, hi = min(numbers), max(numbers)
+    log = lo > 0 and hi / lo >= LOG_SPAN
+    if all(v.lstrip("-").isdigit() for v in values):
+        return IntDistribution(int(lo), int(hi), log=log)
+    return FloatDistribution(lo, hi, log=log)
+
+
+def sweep_importances(runs: Sequence["Run"]) -> tuple[dict[str, float], int, str]:
+    """Returns (importances by param, trials used, reason when none) for one sweep's runs.
+
+    Only finished, full-budget, non-ablation trials count. Params that never vary, seeds and
+    nested config dumps are left out; numeric params become int/float distributions over their
+    observed range (log when positive and spanning two decades), others categorical.
+    """
+    import optuna
+
+    trials = [r for r in runs if _is_true(r.data.tags.get("facefuse.full_budget"))
+              and not run_variant(r)]
+    scored = [(r, _objective_of(r)) for r in trials]
+    scored = [(r, v) for r, v in scored if v is not None and math.isfinite(v)]
+    if len(scored) < MIN_IMPORTANCE_TRIALS:
+        return {}, len(scored), (f"{len(scored)} full-budget trial(s) with an objective; "
+                                 f"importances need at least {MIN_IMPORTANCE_TRIALS}")
+    params = [run_params(r) for r, _ in scored]
+    names = sorted({k for p in params for k in p})
+    varying = [k for k in names if not is_seed_param(k) and k != "variant"
+               and all(k in p for p in params) and len({p[k] for p in params}) > 1]
+    if not varying:
+        return {}, len(scored), "no parameter varies between the full-budget trials"
+    dists = {k: _distribution([p[k] for p in params]) for k in varying}
+    study = optuna.create_study(direction="maximize")
+    for p, (_, value) in zip(params, scored):
+        values = {}
+        for k, dist in dists.items():
+            raw = p[k]
+            if hasattr(dist, "choices"):
+                values[k] = raw
+            elif type(dist).__name__ == "IntDistribution":
+                values[k] = int(float(raw))
+            else:
+                values[k] = float(raw)
+        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists,
+                                                  value=value))
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        return {}, len(scored), f"optuna could not compute importances ({exc})"
+    return {k: float(v) for k, v in importances.items()}, len(scored), ""
+
+
+def plot_importances(importances: dict[str, float], title: str, path: Path) -> Path:
+    """Returns the path of a horizontal bar chart of parameter importances."""
+    from matplotlib.figure import Figure
+
+    names = list(importances)[::-1]
+    fig = Figure(figsize=(6, 0.4 * len(names) + 1.5))
+    ax = fig.subplots()
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    ax.set_xlabel("importance (normalised, optuna default evaluator)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    return _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str, os.PathLike],
+                log_artifacts: bool = True, table_beta: Union[str, float] = "best") -> Report:
+    """Returns the Report after writing every part that the experiment's runs support."""
+    client = open_tracking(tracking_uri)
+    ids = experiment_ids(client, experiment)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out_dir=out)
+    runs = search_all_runs(client, ids, TRIAL_FILTER)
+    parents = search_all_runs(client, ids, "tags.`facefuse.kind` = 'sweep'")
+    sections: list[str] = [f"# Report: experiment {experiment}", "",
+                           f"{len(runs)} finished trial runs in {len(parents)} sweep(s).", ""]
+    per_sweep: dict[str, list[Path]] = {}
+
+    rows = rows_from_runs(runs)
+    if rows:
+        table = ablation_table(rows, table_beta)
+        md, csv_path = write_table(table, out, "ablation")
+        report.files += [md, csv_path]
+        sections += ["## Ablation", "", md.read_text().rstrip(), "",
+                     f"Numbers: [{csv_path.name}]({csv_path.name})", ""]
+    else:
+        report.skipped.append("ablation table: no runs with a facefuse.variant tag")
+
+    datasets = _evaluated_datasets(runs)
+    curves = _beta_curves(client, ids, datasets)
+    if curves:
+        png = plot_beta_tradeoff(curves, out / "beta_tradeoff.png")
+        rows_csv = [[c["dataset"], c["quality"], c["metric"], c["n_trials"],
+                     "" if c["epoch"] is None else c["epoch"], str(c["full_only"]).lower(),
+                     f"{c['curve_beta']:.6g}", f"{c['curve_value']:.6g}",
+                     f"{c['best_trial_beta']:.6g}", f"{c['best_trial_value']:.6g}"]
+                    for c in sorted(curves, key=lambda c: (QUALITY_ORDER.index(c["quality"])
+                                                           if c["quality"] in QUALITY_ORDER
+                                                           else 9, c["dataset"]))]
+        header = ["dataset", "quality", "metric", "n_trials", "epoch", "full_budget_only",
+                  "curve_beta", "curve_value", "best_trial_beta", "best_trial_value"]
+        best_csv = _write_atomic(out / "best_beta_by_dataset.csv", _csv_text(header, rows_csv))
+        report.files += [png, best_csv]
+        sections += ["## Beta trade-off", "", f"![metric vs beta]({png.name})", "",
+                     "| " + " | ".join(header[:3] + header[6:]) + " |",
+                     "|" + "---|" * (len(header) - 3)]
+        sections += ["| " + " | ".join(r[:3] + r[6:]) + " |" for r in rows_csv]
+        sections.append("")
+    else:
+        report.skipped.append("beta plot: no finished trial logged a beta and a dataset metric")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rocs, missing = _roc_of_best_trials(client, runs, datasets, Path(tmp))
+    report.roc_runs = {r["dataset"]: r["run_id"] for r in rocs}
+    if rocs:
+        png = plot_rocs(rocs, out / "roc_best_trials.png")
+        report.files.append(png)
+        sections += ["## ROC curves (best trial per IJB set)", "", f"![ROC]({png.name})", ""]
+    if missing:
+        report.skipped.append(f"ROC: no roc_<dataset>.npz artifact for {', '.join(missing)}")
+    elif not rocs:
+        report.skipped.append("ROC: no IJB set was evaluated")
+
+    by_sweep: dict[str, list[Run]] = {}
+    for run in runs:
+        by_sweep.setdefault(run.data.tags.get("facefuse.sweep_id", ""), []).append(run)
+    for sweep_id, sweep_runs in sorted(by_sweep.items()):
+        if all(run_variant(r) for r in sweep_runs):
+            continue  # an ablation grid, not a search
+        importances, n_used, reason = sweep_importances(sweep_runs)
+        label = sweep_id or "unnamed"
+        if not importances:
+            report.skipped.append(f"importances of sweep {label}: {reason}")
+            continue
+        stem = f"importance_{_safe_name(label)}"
+        csv_path = _write_atomic(out / f"{stem}.csv", _csv_text(
+            ["param", "importance"], [[k, f"{v:.6g}"] for k, v in importances.items()]))
+        png = plot_importances(importances, f"sweep {label}: parameter importances "
+                               f"({n_used} full-budget trials)", out / f"{stem}.png")
+        report.files += [csv_path, png]
+        per_sweep[sweep_id] = [csv_path, png]
+        report.importances[sweep_id] = importances
+        sections += [f"## Parameter importances, sweep {label}", "",
+                     f"{n_used} full-budget trials; optuna's default evaluator.", "",
+                     f"![importances]({png.name})", ""]
+        sections += [f"- {k}: {v:.3f}" for k, v in importances.items()]
+        sections.append("")
+
+    if report.skipped:
+        sections += ["## Skipped", ""] + [f"- {s}" for s in report.skipped] + [""]
+    index = _write_atomic(out / "report.md", "\n".join(sections))
+    report.files.append(index)
+
+    if log_artifacts:
+        if not parents:
+            report.skipped.append("logging: the experiment has no parent (sweep) run")
+        for parent in parents:
+            sid = parent.data.tags.get("facefuse.sweep_id", "")
+            own = set(per_sweep.get(sid, []))
+            others = {p for paths in per_sweep.values() for p in paths} - own
+            for path in report.files:
+                if path in others:
+                    continue
+                _tracking_call("logging report artifacts", client.log_artifact,
+                               parent.info.run_id, str(path), REPORT_ARTIFACT_DIR)
+            report.logged_to.append(parent.info.run_id)
+    logger.info("report for %s: %d files in %s", experiment, len(report.files), out)
+    return report
+
+
+def _safe_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:80] or "sweep"
+
+
+def build_report(tracking_uri: Optional[str], experiment: str,
+                 out_dir: Union[str, os.PathLike]) -> list[Path]:
+    """Returns the files written to out_dir (and logged to the parent runs) for an experiment."""
+    return make_report(tracking_uri, experiment, out_dir).files
+
+
+# ---------------------------------------------------------------------------------------------
+# Command layer helpers (platform/report.py)
+# ---------------------------------------------------------------------------------------------
+def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Returns the parser with the report command's arguments added."""
+    parser.add_argument("--experiment", required=True, help="MLflow experiment (the job's name)")
+    parser.add_argument("--out", required=True, help="directory for the report files")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                             "sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--table-beta", default="best",
+                        help="ablation cells at each variant's best beta per dataset ('best'), "
+                             "one row per beta ('all'), or one beta value")
+    parser.add_argument("--no-log", action="store_true",
+                        help="do not log the files to the parent runs")
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> Report:
+    """Returns the Report for parsed report arguments."""
+    return make_report(args.tracking_uri, args.experiment, args.out,
+                       log_artifacts=not args.no_log, table_beta=args.table_beta)
+
+
+def format_report(report: Report) -> str:
+    """Returns the text the report command prints: files written, skipped parts, logging."""
+    lines = [f"report written to {report.out_dir}:"]
+    lines += [f"  {p.name}" for p in report.files]
+    if report.skipped:
+        lines.append("skipped:")
+        lines += [f"  {s}" for s in report.skipped]
+    if report.logged_to:
+        lines.append(f"logged under {REPORT_ARTIFACT_DIR}/ to parent run(s): "
+                     f"{', '.join(report.logged_to)}")
+    return "\n".join(lines)
