@@ -15,6 +15,8 @@ import math
 import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -50,9 +52,9 @@ class SuiteConfig:
     """Size and difficulty knobs of the synthetic suite (every field is a ``build_suite`` keyword)."""
 
     train_identities: int = 500
-    train_images_per_identity: int = 24
-    verification_pairs: int = 800  # per set; a multiple of 20 (10 folds, half genuine)
-    ijb_identities: int = 150  # per IJB set
+    train_images_per_identity: int = 20
+    verification_pairs: int = 600  # per set; a multiple of 20 (10 folds, half genuine)
+    ijb_identities: int = 120  # per IJB set
     ijb_templates_per_identity: int = 3
     ijb_impostor_pairs: int = 8000
     crop_size: int = 160
@@ -330,23 +332,28 @@ def _chunks(specs: Sequence[ImageSpec]) -> list[list[ImageSpec]]:
 
 
 class _Renderer:
-    """Renders chunks in order, in worker processes (or in this one when workers <= 1)."""
+    """Renders chunks in order, in worker processes (or in this one when workers <= 1).
+
+    Workers are spawned, not forked (the caller may hold torch or Ray threads). A worker that cannot
+    start (a script calling build_suite without an ``if __name__ == "__main__":`` guard) breaks the
+    executor with an error instead of being respawned forever, as a multiprocessing.Pool would.
+    """
 
     def __init__(self, seed: int, cfg: SuiteConfig, workers: int, bar: Any) -> None:
         self.seed, self.cfg, self.bar = seed, cfg, bar
-        self.pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+        self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                     if workers > 1 else None)
 
     def run(self, specs: Sequence[ImageSpec]) -> Iterator[Rendered]:
         tasks = [(self.seed, self.cfg, c) for c in _chunks(specs)]
-        results = self.pool.imap(_render_task, tasks) if self.pool else map(_render_task, tasks)
+        results = self.pool.map(_render_task, tasks) if self.pool else map(_render_task, tasks)
         for task, out in zip(tasks, results):
             self.bar.update(len(task[2]))
             yield out
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,6 +419,10 @@ def build_suite(out: PathLike, seed: int = 0, workers: Optional[int] = None, pro
                           plan.p1, plan.p2, plan.labels)
                 files += [f"{relpath}/meta/{ijb_name}_{s}.txt"
                           for s in ("face_tid_mid", "template_pair_label", "name_5pts_score")]
+        except BrokenProcessPool as exc:
+            raise ConfigError(None, f"a rendering worker process died ({exc})", field="workers",
+                              fix="call build_suite under `if __name__ == '__main__':` (workers are spawned), "
+                                  "or pass workers=1") from exc
         finally:
             renderer.close()
 
