@@ -89,6 +89,19 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Returns the config a trainable really uses: nested dict entries merged over the top level.
+
+    A grid entry such as the ablation's (``{"__ablation": {"variant": ..., "beta": ...}}``) is
+    merged by the trainable before use, so its keys are the run's params.
+    """
+    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
+    for value in config.values():
+        if isinstance(value, dict):
+            flat.update(flat_config(value))
+    return flat
+
+
 def safe_params(config: dict[str, Any]) -> dict[str, str]:
     """Returns the flat params to log: values as strings, credentials left out.
 
@@ -97,20 +110,12 @@ def safe_params(config: dict[str, Any]) -> dict[str, str]:
     """
     secrets = {os.environ[k] for k in _SECRET_ENV if os.environ.get(k)}
     out: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}{k}.", v)
-            return
-        key = prefix[:-1]
+    for key, value in flat_config(config).items():
         text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-        if _SECRET_NAME.search(key) or (text and text in secrets):
+        if _SECRET_NAME.search(str(key)) or (text and text in secrets):
             logger.warning("not logging param %r: it looks like a credential", key)
-            return
-        out[key] = text[:6000]
-
-    walk("", config)
+            continue
+        out[str(key)] = text[:6000]
     return out
 
 
@@ -521,8 +526,14 @@ class MlflowTrackingCallback(Callback):
             return
         if any(op["op"] == "trial" and op["trial"] == tid for op in self._queue):
             return
-        self._enqueue({"op": "trial", "trial": tid, "params": dict(trial.config),
-                       "tags": {"facefuse.trial_name": str(trial)}, "reopen": reopen})
+        flat = flat_config(dict(trial.config))
+        tags = {"facefuse.trial_name": str(trial)}
+        if flat.get("variant") is not None:
+            tags["facefuse.variant"] = str(flat["variant"])
+        if flat.get("seed") is not None:
+            tags["facefuse.seed"] = str(flat["seed"])
+        self._enqueue({"op": "trial", "trial": tid, "params": dict(trial.config), "tags": tags,
+                       "reopen": reopen})
         self._drain()
 
     def on_trial_start(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:

@@ -303,10 +303,21 @@ def _best(trials: list[TrialSummary], epochs: int) -> Optional[TrialSummary]:
     return max(pool, key=lambda t: t.objective) if pool else None
 
 
+def _asha(job: JobSpec, **kw: Any) -> Any:
+    from ray.tune.schedulers import ASHAScheduler
+
+    # One report per epoch, so training_iteration counts epochs (restored with checkpoints).
+    return ASHAScheduler(time_attr="training_iteration", max_t=job.max_t,
+                         grace_period=job.asha.grace_period,
+                         reduction_factor=job.asha.reduction_factor, **kw)
+
+
 # --------------------------------------------------------------------------- the sweep
 def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool = True,
               retry_errored: bool = False, flush_timeout_s: float = 120.0,
-              ray_init_kwargs: Optional[dict[str, Any]] = None) -> SweepResult:
+              ray_init_kwargs: Optional[dict[str, Any]] = None,
+              param_space: Optional[dict[str, Any]] = None,
+              use_asha: bool = True) -> SweepResult:
     """Returns the result of running (or resuming) a job's sweep to completion.
 
     ``trainable``: a function ``f(config)`` or ``f(config, context)`` reporting once per epoch
@@ -314,9 +325,12 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     ``resume``: continue this job's experiment when its storage holds one (finished trials are
     kept, unfinished ones continue from their checkpoints); False starts a new sweep id.
     ``retry_errored``: on resume, also retry trials that had failed (from their checkpoints).
+    ``param_space``: a Tune param space (e.g. a ``tune.grid_search`` of ablation variants) used
+    instead of the job's search space and Optuna; the job's fixed params are its base, and
+    ``num_samples`` is 1 (each grid point once) unless the space holds no grid.
+    ``use_asha``: False runs every trial to the full budget (ablations).
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
     import optuna
@@ -362,16 +376,23 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
             restored.failure_config = run_config.failure_config
         else:  # pragma: no cover - only with Ray Client
             logger.warning("could not replace the restored callbacks; using the pickled ones")
+    elif param_space is not None:
+        has_grid = any(isinstance(v, dict) and "grid_search" in v for v in param_space.values())
+        tuner = tune.Tuner(
+            wrapped, param_space={**fixed, **param_space},
+            tune_config=tune.TuneConfig(
+                metric="objective", mode="max",
+                scheduler=_asha(job) if use_asha else None,
+                num_samples=1 if has_grid else job.trials,
+                max_concurrent_trials=job.resources.max_concurrent_trials),
+            run_config=run_config)
     else:
         searcher = OptunaSearch(
             space=space.define_by_run(fixed),
             sampler=optuna.samplers.TPESampler(seed=job.seed),
             study_name=sweep_id, metric="objective", mode="max")
         searcher = ConcurrencyLimiter(searcher, max_concurrent=job.resources.max_concurrent_trials)
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric="objective", mode="max",
-                                  max_t=job.max_t,
-                                  grace_period=job.asha.grace_period,
-                                  reduction_factor=job.asha.reduction_factor)
+        scheduler = _asha(job, metric="objective", mode="max") if use_asha else None
         tuner = tune.Tuner(
             wrapped,
             # metric and mode live on the searcher and the scheduler: a ConcurrencyLimiter

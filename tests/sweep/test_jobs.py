@@ -1,0 +1,159 @@
+"""Job files: validation names the file, the key and the fix; paths resolve in the driver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facefuse.errors import ConfigError
+from facefuse.sweep.jobs import (fixed_config, load_job, parse_job, resolve_paths,
+                                 resolve_tracking_uri, trial_context)
+from tests.sweep.conftest import REPO, write_job
+
+
+def _raw(tmp_path: Path, **overrides) -> dict:
+    return yaml.safe_load(write_job(tmp_path, **overrides).read_text())
+
+
+def test_small_job_loads_with_defaults(tmp_path: Path) -> None:
+    job = load_job(write_job(tmp_path))
+    assert job.name == "t" and job.trials == 6 and job.epochs == 3
+    assert job.max_t == 3 and job.objective.quality == "all"
+    assert job.resources.cpus_per_worker == 0.5 and job.max_failures == 1
+
+
+@pytest.mark.parametrize("shipped", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_jobs_load_and_resolve(shipped: Path, tmp_path: Path) -> None:
+    job = resolve_paths(load_job(shipped), REPO)
+    assert Path(job.search_space).is_file()
+    ctx = trial_context(job)
+    assert Path(ctx["data_root"]).is_absolute() and Path(ctx["arcface_checkpoint"]).is_absolute()
+
+
+def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
+    raw = _raw(tmp_path)
+    raw["trails"] = raw.pop("trials")
+    with pytest.raises(ConfigError) as err:
+        parse_job(raw, tmp_path / "job.yaml")
+    assert err.value.field == "trails" and "did you mean trials" in str(err.value)
+    assert "job.yaml" in str(err.value)
+
+
+def test_unknown_nested_key_is_dotted(tmp_path: Path) -> None:
+    raw = _raw(tmp_path)
+    raw["asha"]["grace"] = 2
+    with pytest.raises(ConfigError) as err:
+        parse_job(raw, "j.yaml")
+    assert err.value.field == "asha.grace" and "asha.grace_period" in str(err.value)
+
+
+def test_unknown_param_suggests_model_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_job(_raw(tmp_path, params={"d_modle": 64}), "j.yaml")
+    assert err.value.field == "params.d_modle" and "d_model" in str(err.value)
+
+
+@pytest.mark.parametrize("section,key,value,field", [
+    (None, "epochs", "three", "epochs"),
+    (None, "trials", 2.5, "trials"),
+    ("resources", "gpus_per_worker", "one", "resources.gpus_per_worker"),
+    ("data", "eval", "synth_lfw", "data.eval"),
+])
+def test_wrong_type_names_the_key(tmp_path: Path, section, key, value, field) -> None:
+    raw = _raw(tmp_path)
+    (raw[section] if section else raw)[key] = value
+    with pytest.raises(ConfigError) as err:
+        parse_job(raw, "j.yaml")
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("section,key,value,field", [
+    (None, "trials", 0, "trials"),
+    ("asha", "reduction_factor", 1, "asha.reduction_factor"),
+    ("asha", "max_t", 9, "asha.max_t"),
+    ("resources", "cpus_per_worker", 0, "resources.cpus_per_worker"),
+])
+def test_bad_ranges(tmp_path: Path, section, key, value, field) -> None:
+    raw = _raw(tmp_path)
+    (raw[section] if section else raw)[key] = value
+    with pytest.raises(ConfigError) as err:
+        parse_job(raw, "j.yaml")
+    assert err.value.field == field
+
+
+def test_objective_forms(tmp_path: Path) -> None:
+    assert parse_job(_raw(tmp_path, objective="synth_ijbc/tar_far_1e-4")).objective.to_context() \
+        == {"dataset": "synth_ijbc", "metric": "tar_far_1e-4"}
+    assert parse_job(_raw(tmp_path, objective="mean:low")).objective.to_context() == \
+        {"quality": "low"}
+    with pytest.raises(ConfigError) as err:
+        parse_job(_raw(tmp_path, objective={"dataset": "synth_cplfw"}), "j.yaml")
+    assert err.value.field == "objective.dataset"
+    with pytest.raises(ConfigError) as err:  # no mixed-quality set among the evaluated ones
+        parse_job(_raw(tmp_path, objective="mean:mixed"), "j.yaml")
+    assert err.value.field == "objective.quality"
+
+
+def test_unknown_dataset_suggests(tmp_path: Path) -> None:
+    raw = _raw(tmp_path)
+    raw["data"]["eval"] = ["synth_lfv"]
+    with pytest.raises(ConfigError) as err:
+        parse_job(raw, "j.yaml")
+    assert err.value.field == "data.eval[0]" and "synth_lfw" in str(err.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ndata: [unclosed\n")
+    with pytest.raises(ConfigError) as err:
+        load_job(p)
+    assert "bad.yaml" in str(err.value) and "line" in str(err.value)
+
+
+def test_resolve_paths_makes_everything_absolute(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("FACEFUSE_DATA", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = _raw(tmp_path, tracking={"uri": "sqlite:///sub/m.db"}, storage="res",
+               search_space="search_spaces/low_quality.yaml")
+    raw["data"].update(root="embedded", cache_dir="embedded")
+    job = parse_job(raw, tmp_path / "j.yaml")
+    r = resolve_paths(job, REPO)
+    assert r.data.root == str(REPO / ".facefuse" / "data")
+    assert r.data.cache_dir == str(REPO / ".facefuse" / "cache")
+    assert r.backbones.arcface.startswith(str(REPO / ".facefuse" / "backbones"))
+    assert r.tracking.uri == f"sqlite:///{REPO}/sub/m.db"
+    assert r.storage == str(REPO / "res")
+    assert r.search_space == str(REPO / "search_spaces" / "low_quality.yaml")
+    assert fixed_config(r)["epochs"] == 3 and job.resolved is False and r.resolved is True
+
+
+def test_tracking_uri_precedence(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_data_root_from_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FACEFUSE_DATA", str(tmp_path / "real"))
+    raw = _raw(tmp_path)
+    del raw["data"]["root"]
+    assert resolve_paths(parse_job(raw), tmp_path).data.root == str(tmp_path / "real")
+
+
+def test_identity_hash_ignores_resources_not_budget(tmp_path: Path) -> None:
+    base = parse_job(_raw(tmp_path))
+    more_cpus = parse_job(_raw(tmp_path, resources={"cpus_per_worker": 1.0}))
+    more_epochs = parse_job(_raw(tmp_path, epochs=4))
+    assert base.identity_hash() == more_cpus.identity_hash()
+    assert base.identity_hash() != more_epochs.identity_hash()
+
+
+def test_missing_search_space_file(tmp_path: Path) -> None:
+    job = parse_job(_raw(tmp_path, search_space="nope.yaml"), tmp_path / "j.yaml")
+    with pytest.raises(ConfigError) as err:
+        resolve_paths(job, tmp_path)
+    assert err.value.field == "search_space"
