@@ -468,17 +468,46 @@ def add_ablation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
-def run_ablation(args: argparse.Namespace,
-                 run_grid: Callable[[argparse.Namespace, dict[str, Any]], tuple[str, str, str]]
-                 ) -> AblationResult:
-    """Returns the ablation's rows and table after ``run_grid`` ran the Tune grid.
+GridRunner = Callable[[argparse.Namespace, dict[str, Any]], tuple[Optional[str], str, str]]
 
-    ``run_grid(args, param_space)`` is the sweep machinery's grid runner; it returns
-    (tracking_uri, experiment, sweep_id) of what it recorded.
+
+def _run_with_sweep(job: Any, args: argparse.Namespace,
+                    space: dict[str, Any]) -> tuple[Optional[str], str, str]:
+    import dataclasses
+
+    from facefuse.sweep import run_sweep
+
+    if args.tracking_uri:
+        job = dataclasses.replace(job, tracking=dataclasses.replace(job.tracking,
+                                                                    uri=args.tracking_uri))
+    # Every grid point runs its full budget: ASHA would stop variants on early-epoch noise.
+    result = run_sweep(job, param_space=space, use_asha=False)
+    return result.tracking_uri or None, result.experiment_name, result.sweep_id
+
+
+def run_ablation(args: argparse.Namespace, run_grid: Optional[GridRunner] = None
+                 ) -> AblationResult:
+    """Returns the ablation's rows and table after running its Tune grid.
+
+    Variants, betas and seeds come from the arguments, else the job's ``ablation`` section
+    (when the job schema has one), else the defaults. ``run_grid(args, param_space)`` returns
+    (tracking_uri, experiment, sweep_id); by default ``facefuse.sweep.run_sweep`` runs the job
+    with the grid as its param space and without ASHA.
     """
     _parse_beta_mode(args.table_beta)  # a wrong table option fails before any training
-    space = ablation_param_space(args.variants, args.betas, args.seeds)
-    uri, experiment, sweep_id = run_grid(args, space)
+    job = None
+    if run_grid is None:
+        from facefuse.sweep import load_job
+
+        job = load_job(args.job)
+    defaults = dict(getattr(job, "ablation", None) or {})
+    space = ablation_param_space(args.variants or defaults.get("variants"),
+                                 args.betas or defaults.get("betas"),
+                                 args.seeds or defaults.get("seeds"))
+    if run_grid is None:
+        uri, experiment, sweep_id = _run_with_sweep(job, args, space)
+    else:
+        uri, experiment, sweep_id = run_grid(args, space)
     return ablation_results(uri, experiment, sweep_id, beta=args.table_beta,
                             json_path=args.json_path)
 

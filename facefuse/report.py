@@ -223,11 +223,18 @@ def _roc_of_best_trials(client: "MlflowClient", runs: Sequence["Run"], datasets:
                 fpr, tpr = np.asarray(npz["fpr"], float), np.asarray(npz["tpr"], float)
             found.append({"dataset": dataset, "run_id": run.info.run_id, "fpr": fpr, "tpr": tpr,
                           "metric": key, "value": run.data.metrics[key],
-                          "beta": run_params(run).get("beta", "?")})
+                          "beta": _beta_label(run_params(run).get("beta"))})
             break
         else:
             missing.append(dataset)
     return found, missing
+
+
+def _beta_label(raw: Optional[str]) -> str:
+    try:
+        return f"{float(raw):.3g}"
+    except (TypeError, ValueError):
+        return "-"
 
 
 def plot_rocs(rocs: Sequence[dict[str, Any]], path: Path) -> Path:

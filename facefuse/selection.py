@@ -42,6 +42,7 @@ EVAL_KINDS = ("verification", "ijb")
 DEFAULT_MODEL_NAME = "facefuse-fusion"
 #: Seconds a tracking-server request may take before the command gives up (no retries).
 HTTP_TIMEOUT_S = 10
+HTTP_MAX_RETRIES = 1
 #: Bootstrap resamples for the curve's band; seeded so the same store gives the same band.
 N_BOOTSTRAP = 200
 BAND_LEVEL = 0.90
@@ -64,15 +65,10 @@ class NoRunsError(FacefuseError):
 # ---------------------------------------------------------------------------------------------
 def resolve_tracking_uri(tracking_uri: Optional[str] = None) -> str:
     """Returns the tracking URI: the argument, else MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not uri:
-        return "sqlite:///" + str(Path.cwd().resolve() / "mlflow.db")
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # A relative sqlite path would move with the working directory (see STACK_NOTES.md).
-        rel = uri[len("sqlite:///"):]
-        if not Path(rel).is_absolute():
-            return "sqlite:///" + str((Path.cwd() / rel).resolve())
-    return uri
+    from facefuse.sweep.jobs import resolve_tracking_uri as resolve_for_job
+
+    # One rule for every command: the same resolution the sweep driver applies to a job.
+    return resolve_for_job(tracking_uri, Path.cwd())
 
 
 def _sqlite_path(uri: str) -> Optional[Path]:
@@ -84,11 +80,10 @@ def _sqlite_path(uri: str) -> Optional[Path]:
 
 
 def _check_http(uri: str) -> None:
-    # MLflow retries a dead server with exponential backoff for minutes; fail fast instead.
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = os.environ.get(
-        "FACEFUSE_MLFLOW_MAX_RETRIES", "0")
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = os.environ.get(
-        "FACEFUSE_MLFLOW_TIMEOUT", str(HTTP_TIMEOUT_S))
+    # MLflow retries a dead server with exponential backoff for minutes (7 retries, 120 s
+    # timeout by default); a reading command should fail in seconds. A user's own settings win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_MAX_RETRIES))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
     health = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(health, timeout=HTTP_TIMEOUT_S) as response:  # noqa: S310

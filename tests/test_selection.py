@@ -293,3 +293,31 @@ def test_fit_curve_recovers_a_known_peak() -> None:
     assert abs(math.log10(peak) + 2) < 0.3
     single = fit_curve([0.1], [0.5])
     assert single.beta == [pytest.approx(0.1)] and single.mean == [pytest.approx(0.5)]
+
+
+@pytest.mark.timeout(90)
+def test_a_server_that_is_not_mlflow_gives_one_line() -> None:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK" if self.path == "/health" else b"not here")
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(TrackingError) as exc:
+            select_beta(f"http://127.0.0.1:{server.server_port}", "lfw")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "\n" not in str(exc.value) and "tracking store error" in str(exc.value)
