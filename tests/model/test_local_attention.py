@@ -47,19 +47,21 @@ def test_full_window_is_full_attention() -> None:
     assert window_mask(7, 7, "clamped", num_sources=1) is None
 
 
-def test_conv_qkv_equals_three_separate_depthwise_pointwise_pairs() -> None:
+def test_conv_qkv_is_depthwise_then_pointwise() -> None:
     torch.manual_seed(0)
     d, k = 6, 3
     mod = ConvQKV(d, k)
     x = torch.randn(2, d, 7, 7)
-    q, kk, v = mod(x)
-    dw = mod.depthwise.weight  # [3d, 1, k, k]; output 3c+i is projection i of channel c
-    pw_w, pw_b = mod.pointwise.weight, mod.pointwise.bias  # [3d, d, 1, 1]
-    for i, got in enumerate((q, kk, v)):
-        dw_i = dw[i::3]  # [d, 1, k, k]
-        ref = F.conv2d(x, dw_i, padding=k // 2, groups=d)
-        ref = F.conv2d(ref, pw_w[i * d:(i + 1) * d], pw_b[i * d:(i + 1) * d])
+    for got, proj in zip(mod(x), (mod.q, mod.k, mod.v)):
+        dw, pw = proj[0], proj[1]
+        assert dw.groups == d and dw.kernel_size == (k, k) and pw.kernel_size == (1, 1)
+        ref = F.conv2d(F.conv2d(x, dw.weight, padding=k // 2, groups=d), pw.weight, pw.bias)
         assert torch.allclose(got, ref, atol=1e-5)
+    # a change at one position reaches only its k x k neighbourhood
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 1.0
+    reach = (mod.q(x2) - mod.q(x)).abs().amax(dim=(0, 1)) > 1e-7
+    assert reach[:2, :2].all() and reach.sum() == 4
 
 
 @pytest.mark.parametrize("window, mode", [(1, "clamped"), (3, "clamped"), (3, "centered"),
