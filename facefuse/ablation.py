@@ -61,8 +61,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_BETAS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
-#: Key of the single grid_search in the param space; ``expand_ablation`` flattens it.
-ABLATION_KEY = "ablation"  # selection.NESTED_PARAM_PREFIXES strips "ablation." from params
+#: Key of the single grid_search in the param space. Deliberately without a leading underscore:
+#: a trainable that forgot to flatten it fails loudly (unknown parameter) instead of silently
+#: training the full model for every variant.
+ABLATION_KEY = "ablation"
 QUALITY_ORDER = ("high", "mixed", "low")
 ROW_FIELDS = ("variant", "beta", "seed", "dataset", "metric", "value", "run_id")
 
@@ -137,23 +139,15 @@ def ablation_param_space(variants: Optional[Sequence[str]] = None,
                          base: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Returns a Tune param space: ``base`` plus one grid_search over the ablation configs.
 
-    The trainable receives ``config[ABLATION_KEY]`` (one grid entry) and should merge it with
-    ``expand_ablation`` before building its model.
+    The trainable receives ``config[ABLATION_KEY]`` (one grid entry) and merges it over the
+    top level before building its model (``facefuse.sweep.tracking.flat_config``, which the
+    sweep's MLflow callback also uses, so the entry's keys are logged as plain params).
     """
     from ray import tune
 
     space = dict(base or {})
     space[ABLATION_KEY] = tune.grid_search(ablation_grid(variants, betas, seeds))
     return space
-
-
-def expand_ablation(config: dict[str, Any]) -> dict[str, Any]:
-    """Returns a flat trial config: the ablation entry merged over the other keys."""
-    if ABLATION_KEY not in config:
-        return dict(config)
-    flat = {k: v for k, v in config.items() if k != ABLATION_KEY}
-    flat.update(config[ABLATION_KEY])
-    return flat
 
 
 # ---------------------------------------------------------------------------------------------

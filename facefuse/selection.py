@@ -199,20 +199,9 @@ def _canonical(value: str) -> str:
     return value
 
 
-#: Param prefixes of nested grid entries (the ablation's grid_search; the sweep's callback
-#: flattens nested config dicts to "<key>.<field>" params).
-NESTED_PARAM_PREFIXES = ("ablation.",)
-
-
 def run_params(run: "Run") -> dict[str, str]:
-    """Returns a run's params with nested grid prefixes removed ("ablation.beta" -> "beta")."""
-    params = dict(run.data.params)
-    for name, value in list(params.items()):
-        for prefix in NESTED_PARAM_PREFIXES:
-            if name.startswith(prefix):
-                params.setdefault(name[len(prefix):], value)
-                del params[name]
-    return params
+    """Returns a run's params (the sweep logs a nested grid entry's keys as plain params)."""
+    return dict(run.data.params)
 
 
 def run_variant(run: "Run") -> str:

@@ -22,7 +22,6 @@ from facefuse.ablation import (
     ablation_table,
     add_ablation_args,
     collect_ablation_rows,
-    expand_ablation,
     format_ablation,
     run_ablation,
     table_markdown,
@@ -75,7 +74,9 @@ def test_param_space_is_one_grid_search_tune_expands() -> None:
     space = ablation_param_space(["full", "no_vib"], betas=[0.1, 1.0], seeds=[0, 1],
                                  base={"epochs": 3, "lr": 1e-3})
     assert set(space[ABLATION_KEY]) == {"grid_search"}
-    configs = [expand_ablation(spec) for _, spec in generate_variants(space)]
+    from facefuse.sweep.tracking import flat_config
+
+    configs = [flat_config(spec) for _, spec in generate_variants(space)]
     assert len(configs) == (2 + 1) * 2
     assert all(c["epochs"] == 3 and c["lr"] == 1e-3 and ABLATION_KEY not in c for c in configs)
     assert sorted((c["variant"], c.get("beta"), c["seed"]) for c in configs) == sorted(
@@ -107,8 +108,8 @@ def _add_run(client: MlflowClient, exp: str, variant, beta, seed: int, sweep_id:
     params = [Param("seed", str(seed))]
     if beta is not None:
         params.append(Param("beta", str(beta)))
-    if variant:
-        params += [Param(k, str(v)) for k, v in VARIANTS[variant].items()]
+    if variant:  # the callback logs the grid entry's keys as plain params
+        params += [Param(k, str(v)) for k, v in {"variant": variant, **VARIANTS[variant]}.items()]
     metrics = []
     for ds in datasets:
         key = f"{ds}/acc" if ds == "synth_lfw" else f"{ds}/tar_far_1e-4"
@@ -223,16 +224,3 @@ def test_run_ablation_calls_the_grid_runner_with_the_space(store: dict, tmp_path
     with pytest.raises(ConfigError):
         run_ablation(bad, run_grid)
 
-
-def test_nested_grid_params_are_read(store: dict, tmp_path: Path) -> None:
-    # The sweep's callback flattens the nested grid entry to "ablation.<field>" params.
-    client = store["client"]
-    exp = client.create_experiment("nested", artifact_location=(tmp_path / "art").as_uri())
-    run = client.create_run(exp, tags={"facefuse.kind": "trial", "facefuse.datasets": "lfw"})
-    entry = ablation_grid(["concat"], betas=[0.3], seeds=[4])[0]
-    client.log_batch(run.info.run_id, metrics=[Metric("lfw/acc", 0.97, 0, 3)],
-                     params=[Param(f"{ABLATION_KEY}.{k}", str(v)) for k, v in entry.items()])
-    client.set_terminated(run.info.run_id)
-    rows = collect_ablation_rows(store["uri"], "nested")
-    assert rows == [{"variant": "concat", "beta": 0.3, "seed": 4, "dataset": "lfw",
-                     "metric": "lfw/acc", "value": 0.97, "run_id": run.info.run_id}]
