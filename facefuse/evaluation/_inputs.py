@@ -62,7 +62,7 @@ def int_vector(name: str, x: Any) -> np.ndarray:
         ok = np.isfinite(arr) & (arr == np.round(arr))
         if not ok.all():
             row = int(np.flatnonzero(~ok)[0])
-            raise _fail(name, f"{name} row {row} is {arr[row]!r}, not an integer id",
+            raise _fail(name, f"{name} row {row} is {arr[row].item()!r}, not an integer id",
                         "template and media ids are integers")
         return arr.astype(np.int64)
     raise _fail(name, f"{name} has dtype {arr.dtype}, expected integer ids", "pass integer ids")
@@ -81,7 +81,7 @@ def binary_labels(name: str, x: Any) -> np.ndarray:
     ok = (arr == 0) | (arr == 1)
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
-        raise _fail(name, f"{name} row {row} is {arr[row]!r}, expected 0 or 1",
+        raise _fail(name, f"{name} row {row} is {arr[row].item()!r}, expected 0 or 1",
                     "pass 1 for same identity and 0 for different identities")
     return arr == 1
 

@@ -5,14 +5,16 @@ the template's images of that media; template feature = sum of its media feature
 L2-normalised; pair score = cosine of the two template features.
 
 Speed (IJB-C: 469,375 images, 23,124 templates, 15.7 million pairs):
-- Templates are built in one pass over the image rows in template order, float64 chunks
-  summed with np.add.reduceat; each image is weighted by score / (images in its media), which
-  is the mean-of-media then sum-of-media of the protocol in one weighted sum.
-- Pairs are scored with dense float64 GEMM blocks instead of 15.7 million random gathers of
+- Templates are built in one pass over the image rows: per chunk of rows a sparse
+  template x image matrix of weights score / (images in its media) times the chunk gives,
+  in float64, the protocol's mean over each media then sum over media in one weighted sum.
+- Pairs are scored with dense float64 GEMMs instead of 15.7 million random gathers of
   512-d rows. Each pair is oriented so that its column is the template with more pairs
-  (ties: the later template), templates are ranked by that order, and each block of 1024
-  row templates is multiplied only with the columns its pairs use. For IJB's probe-versus-
-  gallery pairs that is probes x gallery; for uniformly random pairs it is half of T x T.
+  (ties: the later template). IJB's probe-versus-gallery pairs then need one product of the
+  probes with the gallery (19,593 x 3,531 for IJB-C) and a gather from it. When that product
+  would be too large (e.g. uniformly random pairs), templates are ranked by the same order
+  and each block of 1024 row templates is multiplied with the columns its pairs use: half
+  of a T x T product.
 - float64 throughout: float32 accumulation of a 512-d dot product is off by about 1e-7,
   and scores must agree with a float64 reference to 1e-9. Orienting each unordered pair one
   way makes (a, b) and (b, a) the very same GEMM element, so equal scores stay equal.
@@ -24,6 +26,7 @@ import logging
 from typing import Iterable
 
 import numpy as np
+from scipy import sparse
 
 from facefuse.errors import DataFormatError
 
@@ -34,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK_ROWS = 8192
 _BLOCK_ROWS = 1024
+_MAX_GRAM = 2**27  # float64 entries (1 GiB) of a one-shot pair-score product
 
 
 def _feature_matrix(name: str, x: Iterable) -> np.ndarray:
@@ -69,28 +73,36 @@ def template_features(img_feats: Iterable, face_scores: Iterable, templates: Ite
     _, g_idx, g_counts = np.unique(media_key, return_inverse=True, return_counts=True)
     weights = scores / g_counts[g_idx]
 
-    in_order = bool(np.all(t_idx[1:] >= t_idx[:-1]))
-    order = None if in_order else np.argsort(t_idx, kind="stable")
-    t_sorted = t_idx if order is None else t_idx[order]
     acc = np.zeros((len(unique_t), x.shape[1]), dtype=np.float64)
     for c0 in range(0, n, _CHUNK_ROWS):
         c1 = min(n, c0 + _CHUNK_ROWS)
-        rows = slice(c0, c1) if order is None else order[c0:c1]
-        block = x[rows].astype(np.float64)
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            bad = int(np.flatnonzero(~finite)[0])
-            row = c0 + bad if order is None else int(order[c0 + bad])
-            raise DataFormatError(None, f"img_feats row {row} contains NaN or infinity",
-                                  field="img_feats",
-                                  fix="check the model output for that image (diverged model or broken crop)")
-        block *= weights[rows][:, np.newaxis]
-        ts = t_sorted[c0:c1]
+        ts = t_idx[c0:c1]
+        order = np.argsort(ts, kind="stable")  # the identity for IJB files (grouped by template)
+        ts = ts[order]
         starts = np.flatnonzero(np.concatenate(([True], ts[1:] != ts[:-1])))
-        # Segment ids are distinct within a chunk, so plain fancy += is safe; a template
-        # cut by a chunk boundary gets its two parts from two chunks.
-        acc[ts[starts]] += np.add.reduceat(block, starts, axis=0)
+        # One sparse row per template in the chunk: a float64 weighted sum of its image rows
+        # without converting all of img_feats to float64 (np.add.reduceat along rows is ~10x slower).
+        weight = sparse.csr_matrix((weights[c0:c1][order], order, np.append(starts, c1 - c0)),
+                                   shape=(len(starts), c1 - c0))
+        chunk = x[c0:c1]
+        if chunk.dtype not in (np.float32, np.float64):
+            chunk = chunk.astype(np.float64)  # scipy.sparse has no float16 / int8 kernels
+        acc[ts[starts]] += weight @ chunk
+    if not np.isfinite(acc).all():
+        _raise_non_finite(x)
     return l2_normalize(acc), unique_t
+
+
+def _raise_non_finite(x: np.ndarray) -> None:
+    """Raises naming the first image row that holds NaN or infinity (or the overflow)."""
+    for c0 in range(0, len(x), _CHUNK_ROWS):
+        finite = np.isfinite(x[c0:c0 + _CHUNK_ROWS]).all(axis=1)
+        if not finite.all():
+            row = c0 + int(np.flatnonzero(~finite)[0])
+            raise DataFormatError(None, f"img_feats row {row} contains NaN or infinity", field="img_feats",
+                                  fix="check the model output for that image (diverged model or broken crop)")
+    raise DataFormatError(None, "img_feats is too large: a template feature overflows float64",
+                          field="img_feats", fix="pass embeddings of ordinary magnitude")
 
 
 def _template_index(name: str, unique_t: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -118,52 +130,74 @@ def _template_index(name: str, unique_t: np.ndarray, ids: np.ndarray) -> np.ndar
     return idx
 
 
+def _orient(idx1: np.ndarray, idx2: np.ndarray, n_t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (row rank, column rank, templates by rank) of each unordered pair.
+
+    Templates are ranked by (number of pairs, index); the column of a pair is its higher
+    ranked template. Probe-versus-gallery pairs thus put the gallery in the columns.
+    """
+    degree = np.bincount(idx1, minlength=n_t) + np.bincount(idx2, minlength=n_t)
+    by_rank = np.lexsort((np.arange(n_t), degree))
+    rank = np.empty(n_t, dtype=np.intp)
+    rank[by_rank] = np.arange(n_t)
+    r1, r2 = rank[idx1], rank[idx2]
+    return np.minimum(r1, r2), np.maximum(r1, r2), by_rank
+
+
+def _positions(used: np.ndarray) -> np.ndarray:
+    """Returns, for each True entry of `used`, its index among the True entries."""
+    return np.cumsum(used, dtype=np.intp) - 1
+
+
 def pair_scores(feats: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) -> np.ndarray:
     """Returns float64 [P]: the dot product of rows idx1[k] and idx2[k] of float64 `feats`."""
     n_t = len(feats)
     n_p = len(idx1)
     if n_p == 0:
         return np.zeros(0, dtype=np.float64)
-    degree = np.bincount(idx1, minlength=n_t) + np.bincount(idx2, minlength=n_t)
-    by_rank = np.lexsort((np.arange(n_t), degree))
-    rank = np.empty(n_t, dtype=np.intp)
-    rank[by_rank] = np.arange(n_t)
-    r1, r2 = rank[idx1], rank[idx2]
-    rows = np.minimum(r1, r2)
-    cols = np.maximum(r1, r2)
-    del r1, r2
+    rows, cols, by_rank = _orient(idx1, idx2, n_t)
     ranked = feats[by_rank]
-    # A separate transposed copy: numpy sends X @ X.T on one buffer to OpenBLAS's symmetric
-    # kernel, which crashes on IJB-C sized inputs here (STACK_NOTES.md).
-    ranked_t = np.ascontiguousarray(ranked.T)
+    row_used = np.bincount(rows, minlength=n_t) > 0
+    col_used = np.bincount(cols, minlength=n_t) > 0
+    n_rows, n_cols = int(row_used.sum()), int(col_used.sum())
+    if n_rows * n_cols <= _MAX_GRAM:
+        # One GEMM of the used rows against the used columns (IJB-C: 19,593 probes x 3,531
+        # gallery templates, 0.55 GB), then one gather. The operands are gathered copies, so
+        # numpy never sees X @ X.T of one buffer (OpenBLAS's symmetric kernel crashes on
+        # IJB-C sized inputs here, STACK_NOTES.md).
+        gram = ranked[row_used] @ np.ascontiguousarray(ranked[col_used].T)
+        flat = _positions(row_used)[rows] * n_cols
+        flat += _positions(col_used)[cols]
+        logger.debug("pair_scores: %d pairs, one %d x %d product", n_p, n_rows, n_cols)
+        return np.take(gram.ravel(), flat)
+    return _blocked_pair_scores(ranked, rows, cols)
+
+
+def _blocked_pair_scores(ranked: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Returns the scores of pair_scores in row blocks, each against the columns it uses;
+    since column rank >= row rank, random pairs cost half of a T x T product."""
+    n_t = len(ranked)
+    ranked_t = np.ascontiguousarray(ranked.T)  # a separate buffer (see pair_scores)
     n_blocks = (n_t + _BLOCK_ROWS - 1) // _BLOCK_ROWS
     block_of = (rows // _BLOCK_ROWS).astype(np.int16 if n_blocks < 2**15 else np.int64)
     order = np.argsort(block_of, kind="stable")
     bounds = np.concatenate(([0], np.cumsum(np.bincount(block_of, minlength=n_blocks))))
     del block_of
-    out = np.empty(n_p, dtype=np.float64)
-    dense_blocks = 0
+    out = np.empty(len(rows), dtype=np.float64)
     for k in range(n_blocks):
         if bounds[k] == bounds[k + 1]:
             continue
         sel = order[bounds[k]:bounds[k + 1]]
         lo = k * _BLOCK_ROWS
-        r = rows[sel] - lo
         c = cols[sel] - lo  # every column rank is >= its row rank >= lo
         used = np.zeros(n_t - lo, dtype=bool)
         used[c] = True
         n_used = int(np.count_nonzero(used))
-        left = ranked[lo:lo + _BLOCK_ROWS]
-        if n_used > (n_t - lo) // 2:
-            dense_blocks += 1
-            gram = left @ ranked_t[:, lo:]
-            out[sel] = gram[r, c]
-        else:
-            col_of = np.cumsum(used) - 1
-            gram = left @ ranked_t[:, lo + np.flatnonzero(used)]
-            out[sel] = gram[r, col_of[c]]
-    logger.debug("pair_scores: %d pairs, %d templates, %d blocks (%d dense)",
-                 n_p, n_t, int(np.count_nonzero(np.diff(bounds))), dense_blocks)
+        gram = ranked[lo:lo + _BLOCK_ROWS] @ ranked_t[:, lo + np.flatnonzero(used)]
+        flat = (rows[sel] - lo) * n_used
+        flat += _positions(used)[c]
+        out[sel] = np.take(gram.ravel(), flat)
+    logger.debug("pair_scores: %d pairs, %d row blocks", len(rows), int(np.count_nonzero(np.diff(bounds))))
     return out
 
 
