@@ -73,6 +73,8 @@ class Report:
     logged_to: list[str] = field(default_factory=list)
     roc_runs: dict[str, str] = field(default_factory=dict)  # IJB set -> run whose ROC is drawn
     importances: dict[str, dict[str, float]] = field(default_factory=dict)  # sweep id -> values
+    #: sweep id -> where the importances' distributions came from (space file, or "inferred")
+    importance_space: dict[str, str] = field(default_factory=dict)
 
 
 def _save_figure(fig: "Figure", path: Path) -> Path:
@@ -297,12 +299,66 @@ def _distribution(values: Sequence[str]) -> Any:
     return FloatDistribution(lo, hi, log=log)
 
 
-def sweep_importances(runs: Sequence["Run"]) -> tuple[dict[str, float], int, str]:
+def _space_distributions(space: Any) -> dict[str, Any]:
+    """Returns optuna distributions of a facefuse.sweep SearchSpace's parameters."""
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    out: dict[str, Any] = {}
+    for name, spec in space.params.items():
+        if spec.distribution == "categorical":
+            out[name] = CategoricalDistribution(list(spec.choices))
+        elif spec.distribution == "int":
+            out[name] = IntDistribution(int(spec.low), int(spec.high), log=spec.log,
+                                        step=int(spec.step or 1))
+        elif spec.distribution == "loguniform":
+            out[name] = FloatDistribution(spec.low, spec.high, log=True)
+        else:
+            out[name] = FloatDistribution(spec.low, spec.high, log=spec.log,
+                                          step=None if spec.log else spec.step)
+    return out
+
+
+def sweep_space(client: "MlflowClient", parent: Optional["Run"]) -> Optional[dict[str, Any]]:
+    """Returns the optuna distributions of the search space logged on a sweep's parent run."""
+    if parent is None:
+        return None
+    name = parent.data.tags.get("facefuse.search_space", "")
+    if not name:
+        return None
+    from facefuse.errors import FacefuseError
+    from facefuse.sweep.spaces import load_search_space
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _find_artifact(client, parent.info.run_id, name)
+        if path is None:
+            return None
+        try:
+            local = client.download_artifacts(parent.info.run_id, path, tmp)
+            return _space_distributions(load_search_space(local))
+        except (FacefuseError, OSError, ValueError) as exc:
+            logger.warning("search space %s of sweep run %s unreadable (%s); inferring "
+                           "distributions from the trials", name, parent.info.run_id, exc)
+            return None
+
+
+def _param_value(raw: str, dist: Any) -> Any:
+    if hasattr(dist, "choices"):
+        # Params are logged as str(value): match them back to the space's own choice objects.
+        return next((c for c in dist.choices if str(c) == raw), raw)
+    if type(dist).__name__ == "IntDistribution":
+        return int(float(raw))
+    return float(raw)
+
+
+def sweep_importances(runs: Sequence["Run"], space: Optional[dict[str, Any]] = None
+                      ) -> tuple[dict[str, float], int, str]:
     """Returns (importances by param, trials used, reason when none) for one sweep's runs.
 
-    Only finished, full-budget, non-ablation trials count. Params that never vary, seeds and
-    nested config dumps are left out; numeric params become int/float distributions over their
-    observed range (log when positive and spanning two decades), others categorical.
+    Only finished, full-budget, non-ablation trials count. With ``space`` (the sweep's search
+    space as optuna distributions) its parameters are assessed; otherwise every param that
+    varies (seeds left out) gets a distribution inferred from its values: int/float over the
+    observed range (log when positive and spanning two decades), else categorical.
     """
     import optuna
 
@@ -314,25 +370,28 @@ def sweep_importances(runs: Sequence["Run"]) -> tuple[dict[str, float], int, str
         return {}, len(scored), (f"{len(scored)} full-budget trial(s) with an objective; "
                                  f"importances need at least {MIN_IMPORTANCE_TRIALS}")
     params = [run_params(r) for r, _ in scored]
-    names = sorted({k for p in params for k in p})
-    varying = [k for k in names if not is_seed_param(k) and k != "variant"
-               and all(k in p for p in params) and len({p[k] for p in params}) > 1]
-    if not varying:
+    if space:
+        dists = {k: d for k, d in space.items() if any(k in p for p in params)}
+    else:
+        names = sorted({k for p in params for k in p})
+        varying = [k for k in names if not is_seed_param(k) and k != "variant"
+                   and all(k in p for p in params) and len({p[k] for p in params}) > 1]
+        dists = {k: _distribution([p[k] for p in params]) for k in varying}
+    if not dists:
         return {}, len(scored), "no parameter varies between the full-budget trials"
-    dists = {k: _distribution([p[k] for p in params]) for k in varying}
-    study = optuna.create_study(direction="maximize")
-    for p, (_, value) in zip(params, scored):
-        values = {}
-        for k, dist in dists.items():
-            raw = p[k]
-            if hasattr(dist, "choices"):
-                values[k] = raw
-            elif type(dist).__name__ == "IntDistribution":
-                values[k] = int(float(raw))
-            else:
-                values[k] = float(raw)
-        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists,
-                                                  value=value))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line per report
+    try:
+        study = optuna.create_study(direction="maximize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    try:
+        for p, (_, value) in zip(params, scored):
+            values = {k: _param_value(p[k], d) for k, d in dists.items() if k in p}
+            study.add_trial(optuna.trial.create_trial(
+                params=values, distributions={k: dists[k] for k in values}, value=value))
+    except ValueError as exc:  # a logged value outside the space (the space file changed)
+        return {}, len(scored), f"trial params do not fit the search space ({exc})"
     try:
         importances = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
@@ -422,7 +481,10 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
     for sweep_id, sweep_runs in sorted(by_sweep.items()):
         if all(run_variant(r) for r in sweep_runs):
             continue  # an ablation grid, not a search
-        importances, n_used, reason = sweep_importances(sweep_runs)
+        parent = next((p for p in parents
+                       if p.data.tags.get("facefuse.sweep_id", "") == sweep_id), None)
+        space = sweep_space(client, parent)
+        importances, n_used, reason = sweep_importances(sweep_runs, space)
         label = sweep_id or "unnamed"
         if not importances:
             report.skipped.append(f"importances of sweep {label}: {reason}")
@@ -435,8 +497,13 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
         report.files += [csv_path, png]
         per_sweep[sweep_id] = [csv_path, png]
         report.importances[sweep_id] = importances
+        source = (f"search space {parent.data.tags['facefuse.search_space']}"
+                  if space and parent is not None else "inferred")
+        report.importance_space[sweep_id] = source
+        where = "inferred from the trials" if source == "inferred" else f"from the logged {source}"
         sections += [f"## Parameter importances, sweep {label}", "",
-                     f"{n_used} full-budget trials; optuna's default evaluator.", "",
+                     f"{n_used} full-budget trials; optuna's default evaluator; distributions "
+                     f"{where}.", "",
                      f"![importances]({png.name})", ""]
         sections += [f"- {k}: {v:.3f}" for k, v in importances.items()]
         sections.append("")

@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from PIL import Image
 
-from facefuse.report import add_report_args, format_report, make_report, run_report
+from facefuse.report import (add_report_args, format_report, make_report, run_report,
+                             sweep_importances)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -39,8 +40,20 @@ def _run(client: MlflowClient, exp: str, parent: str, sweep_id: str, params: dic
     return run.info.run_id
 
 
-def _parent(client: MlflowClient, exp: str, sweep_id: str) -> str:
-    run = client.create_run(exp, tags={"facefuse.kind": "sweep", "facefuse.sweep_id": sweep_id})
+SPACE = """params:
+  beta:        {distribution: loguniform, low: 1.0e-3, high: 10.0}
+  lr:          {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
+  local_heads: {distribution: categorical, choices: [2, 4, 8]}
+"""
+
+
+def _parent(client: MlflowClient, exp: str, sweep_id: str, space: Path | None = None) -> str:
+    tags = {"facefuse.kind": "sweep", "facefuse.sweep_id": sweep_id}
+    if space is not None:  # the sweep logs its search space file on the parent run
+        tags["facefuse.search_space"] = space.name
+    run = client.create_run(exp, tags=tags)
+    if space is not None:
+        client.log_artifact(run.info.run_id, str(space))
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -60,7 +73,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("quick", artifact_location=(tmp / "art").as_uri())
-    sweep = _parent(client, exp, "s1")
+    space = tmp / "space" / "mixed.yaml"
+    space.parent.mkdir()
+    space.write_text(SPACE)
+    sweep = _parent(client, exp, "s1", space)
     rng = np.random.default_rng(3)
     best_ijbb, best_value = None, -1.0
     for i in range(16):
@@ -124,6 +140,7 @@ def test_report_files_are_valid_and_logged(store: dict, tmp_path: Path) -> None:
     assert report.roc_runs == {"ijbb": store["best_ijbb"]}
     assert any("synth_ijbc" in s for s in report.skipped)  # no ROC file logged for it
 
+    assert report.importance_space == {"s1": "search space mixed.yaml"}
     importances = report.importances["s1"]
     assert set(importances) == {"beta", "lr", "local_heads"}
     assert max(importances, key=importances.get) == "beta"
@@ -156,3 +173,14 @@ def test_too_few_trials_and_no_parent_are_reported_not_raised(store: dict,
     assert "ablation table" in skipped and "ROC" in skipped and "no parent" in skipped
     assert report.logged_to == []
     assert "## Skipped" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_importances_without_a_logged_space_infer_distributions(store: dict) -> None:
+    client = store["client"]
+    exp = client.get_experiment_by_name("quick").experiment_id
+    runs = client.search_runs([exp], "tags.`facefuse.sweep_id` = 's1' and "
+                                     "tags.`facefuse.kind` = 'trial'")
+    importances, n_used, reason = sweep_importances(runs)
+    assert n_used == 16 and reason == ""  # the stopped trial is left out
+    assert set(importances) == {"beta", "lr", "local_heads"}
+    assert max(importances, key=importances.get) == "beta"
