@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from PIL import Image
 
+from tests.sweep.conftest import ray_session  # noqa: F401 - the sweep tests' Ray fixture
 from facefuse.report import (add_report_args, format_report, make_report, run_report,
                              sweep_importances)
 
@@ -184,3 +185,35 @@ def test_importances_without_a_logged_space_infer_distributions(store: dict) -> 
     assert n_used == 16 and reason == ""  # the stopped trial is left out
     assert set(importances) == {"beta", "lr", "local_heads"}
     assert max(importances, key=importances.get) == "beta"
+
+
+@pytest.mark.slow
+def test_reads_what_a_real_sweep_writes(ray_session, tmp_path: Path) -> None:
+    """The readers against runs written by facefuse.sweep itself (self-test trainable)."""
+    from facefuse.ablation import ablation_param_space, collect_ablation_rows
+    from facefuse.selection import select_beta
+    from facefuse.sweep import load_job, run_sweep
+    from tests.sweep.conftest import SELFTEST, write_job
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_sweep(load_job(write_job(tmp_path, name="e2e")), trainable=SELFTEST,
+                       flush_timeout_s=30)
+    sel = select_beta(uri, "synth_ijbc", experiment="e2e")
+    assert sel.run_id in {t.run_id for t in result.trials}
+    assert sel.metric == "synth_ijbc/tar_far_1e-4" and sel.full_budget_only and sel.epoch == 3
+    report = make_report(uri, "e2e", tmp_path / "report")
+    names = {p.name for p in report.files}
+    assert {"beta_tradeoff.png", "best_beta_by_dataset.csv", "roc_best_trials.png",
+            "report.md"} <= names
+    assert set(report.roc_runs) == {"synth_ijbc"}
+    assert report.logged_to == [result.parent_run_id]
+
+    space = ablation_param_space(["full", "no_vib"], betas=[0.01, 0.1], seeds=[0])
+    job = load_job(write_job(tmp_path, name="e2e_abl"))
+    grid = run_sweep(job, trainable=SELFTEST, param_space=space, use_asha=False,
+                     flush_timeout_s=30)
+    rows = collect_ablation_rows(uri, "e2e_abl", grid.sweep_id)
+    assert sorted({(r["variant"], r["beta"], r["seed"]) for r in rows},
+                  key=str) == sorted({("full", 0.01, 0), ("full", 0.1, 0), ("no_vib", None, 0)},
+                                     key=str)
+    assert {r["dataset"] for r in rows} == {"synth_lfw", "synth_ijbc"}
