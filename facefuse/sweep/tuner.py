@@ -397,6 +397,8 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
             wrapped,
             # metric and mode live on the searcher and the scheduler: a ConcurrencyLimiter
             # around a define-by-run OptunaSearch does not pass TuneConfig's down.
+            # reuse_actors stays off: with it, tune.get_context().get_trial_dir() in a reused
+            # actor pointed at an earlier trial's directory (artifacts landed there).
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=job.trials),
             run_config=run_config)

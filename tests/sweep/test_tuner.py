@@ -25,7 +25,8 @@ def _runs(tmp: Path, experiment: str) -> tuple[object, list]:
 def small_sweep(ray_session, tmp_path_factory):
     """Runs one 6-trial, 3-epoch ASHA sweep where the high-beta trials fail."""
     tmp = tmp_path_factory.mktemp("sweep")
-    job = load_job(write_job(tmp, name="small", params={"_fail_above_beta": FAIL_ABOVE}))
+    job = load_job(write_job(tmp, name="small", max_failures=0,
+                             params={"_fail_above_beta": FAIL_ABOVE}))
     result = run_sweep(job, trainable=SELFTEST, flush_timeout_s=30)
     return tmp, job, result
 
