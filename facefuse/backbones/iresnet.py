@@ -161,6 +161,9 @@ class IResNet(nn.Module):
         """Returns the map after the final BatchNorm2d: [N, 3, 112, 112] -> [N, C, 7, 7]."""
         if self.input_bgr:
             x = x.flip(1)
+        # a permuted NHWC batch is channels-last strided; torch 2.13's CPU conv backward corrupts
+        # the heap on such input at small widths, so give every caller a contiguous tensor
+        x = x.contiguous()
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.bn2(x)
