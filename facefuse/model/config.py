@@ -10,6 +10,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from facefuse.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -130,20 +132,19 @@ class FusionConfig:
                 raise ConfigError(None, f"{f.name} must not be None", field=f.name,
                                   fix=f"give a {base.__name__}")
             if base is bool:
-                if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
+                if not isinstance(value, (bool, np.bool_, numbers.Integral)) or value not in (0, 1):
                     raise ConfigError(None, f"{f.name} must be true or false, got {value!r}",
                                       field=f.name, fix="use true or false")
                 value = bool(value)
             elif base is int:
-                if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                    if isinstance(value, numbers.Real) and float(value).is_integer():
-                        value = int(value)
-                    else:
-                        raise ConfigError(None, f"{f.name} must be an integer, got {value!r}",
-                                          field=f.name, fix="give a whole number")
+                whole = (isinstance(value, numbers.Integral)
+                         or (isinstance(value, numbers.Real) and float(value).is_integer()))
+                if isinstance(value, (bool, np.bool_)) or not whole:
+                    raise ConfigError(None, f"{f.name} must be an integer, got {value!r}",
+                                      field=f.name, fix="give a whole number")
                 value = int(value)
             elif base is float:
-                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                     raise ConfigError(None, f"{f.name} must be a number, got {value!r}",
                                       field=f.name, fix="give a number")
                 value = float(value)
