@@ -118,13 +118,13 @@ def ablation_grid(variants: Optional[Sequence[str]] = None,
     FusionConfig overrides (``branches``, ``vib``, ``fusion``, ``inputs``).
     """
     names = _check_variants(variants)
-    beta_list = _check_betas(betas)
-    seed_list = _check_seeds(seeds)
+    beta_values = _check_betas(betas)
+    seed_values = _check_seeds(seeds)
     grid = []
     for name in names:
         overrides = VARIANTS[name]
-        for beta in ([None] if not overrides["vib"] else beta_list):
-            for seed in seed_list:
+        for beta in ([None] if not overrides["vib"] else beta_values):
+            for seed in seed_values:
                 config: dict[str, Any] = {"variant": name, "seed": seed}
                 if beta is not None:
                     config["beta"] = beta
@@ -428,27 +428,30 @@ def ablation_results(tracking_uri: Optional[str], experiment: str, sweep_id: Opt
                           table=ablation_table(rows, beta), json_path=written)
 
 
-def _floats(text: str) -> list[float]:
+def beta_list(text: str) -> list[float]:
+    """Returns the floats of a comma-separated argument ("0.01,0.1,1")."""
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-def _ints(text: str) -> list[int]:
+def seed_list(text: str) -> list[int]:
+    """Returns the integers of a comma-separated argument ("0,1,2")."""
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-def _names(text: str) -> list[str]:
+def variant_list(text: str) -> list[str]:
+    """Returns the names of a comma-separated argument ("full,no_vib")."""
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def add_ablation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Returns the parser with the ablation command's arguments added."""
     parser.add_argument("job", help="job YAML (data, backbones, epochs, resources, tracking)")
-    parser.add_argument("--variants", type=_names, default=None,
+    parser.add_argument("--variants", type=variant_list, default=None,
                         help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)")
-    parser.add_argument("--betas", type=_floats, default=None,
+    parser.add_argument("--betas", type=beta_list, default=None,
                         help="comma-separated betas (default: the job's list, else "
                              f"{','.join(f'{b:g}' for b in DEFAULT_BETAS)})")
-    parser.add_argument("--seeds", type=_ints, default=None,
+    parser.add_argument("--seeds", type=seed_list, default=None,
                         help="comma-separated seeds (default: the job's list, else "
                              f"{','.join(str(s) for s in DEFAULT_SEEDS)})")
     parser.add_argument("--json", dest="json_path", default=None, metavar="FILE",
