@@ -353,7 +353,9 @@ def ablation_table(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> p
 def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in body)) if body else len(str(h))
               for i, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
                       *(line(r) for r in body)])
 
@@ -394,7 +396,7 @@ def table_markdown(table: pd.DataFrame) -> str:
 
 def write_table(table: pd.DataFrame, out_dir: Union[str, os.PathLike],
                 stem: str = "ablation") -> list[Path]:
-    """Returns [markdown, csv] after writing the table (markdown) and its numbers (CSV, long form)."""
+    """Returns [markdown, csv] after writing the table and its numbers (long-form CSV)."""
     out = Path(out_dir)
     md = _write_atomic(out / f"{stem}.md", table_markdown(table))
     stats: pd.DataFrame = table.attrs.get("stats", pd.DataFrame())

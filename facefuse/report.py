@@ -149,7 +149,8 @@ def plot_beta_tradeoff(curves: Sequence[dict[str, Any]], path: Path) -> Path:
 
     fig = Figure(figsize=(12, 4.6))
     axes = fig.subplots(1, 2, sharex=True)
-    panels = {"high": (axes[0], "high-quality sets"), "mixed": (axes[1], "mixed / low-quality sets"),
+    panels = {"high": (axes[0], "high-quality sets"),
+              "mixed": (axes[1], "mixed / low-quality sets"),
               "low": (axes[1], "mixed / low-quality sets")}
     colours = iter([f"C{i}" for i in range(10)] * 4)
     used: dict[Any, list[str]] = {axes[0]: [], axes[1]: []}

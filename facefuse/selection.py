@@ -64,7 +64,7 @@ class NoRunsError(FacefuseError):
 # Tracking store access
 # ---------------------------------------------------------------------------------------------
 def resolve_tracking_uri(tracking_uri: Optional[str] = None) -> str:
-    """Returns the tracking URI: the argument, else MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
+    """Returns the tracking URI: argument, else MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
     from facefuse.sweep.jobs import resolve_tracking_uri as resolve_for_job
 
     # One rule for every command: the same resolution the sweep driver applies to a job.
@@ -284,7 +284,8 @@ def _history_values(client: "MlflowClient", run_id: str, key: str) -> list[tuple
 
 def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
                    epoch_policy: str = "last_common",
-                   variants: Sequence[str] = ("full",)) -> tuple[list[TrialValue], Optional[int], bool]:
+                   variants: Sequence[str] = ("full",)
+                   ) -> tuple[list[TrialValue], Optional[int], bool]:
     """Returns (trials at the compared epoch, the common epoch or None, full-budget-only flag).
 
     Ablation runs of other variants than ``variants`` are left out (a local-only model's best
@@ -523,7 +524,8 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
     trials, common, full_only = collect_trials(client, ids, metric_key, epoch_policy)
     if not trials:
         where = f"experiment {experiment!r}" if experiment else "any experiment"
-        raise NoRunsError(f"no finished trial run in {where} of {resolve_tracking_uri(tracking_uri)} "
+        store = resolve_tracking_uri(tracking_uri)
+        raise NoRunsError(f"no finished trial run in {where} of {store} "
                           f"logged {metric_key} with a beta param -- run a sweep that evaluates "
                           f"{dataset}, or pick another --metric / --experiment")
     settings = group_settings(trials, higher)
@@ -544,8 +546,9 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
     n_support = sum(1 for t in trials if abs(math.log10(t.beta) - x_star) <= h)
     exp_of = {t.run_id: t.experiment for t in trials}
 
-    varying = sorted(k for k in {k for s in settings for k in s.params}
-                     if k != "beta" and len({_canonical(s.params.get(k, "")) for s in settings}) > 1)
+    all_params = {k for s in settings for k in s.params}
+    varying = sorted(k for k in all_params if k != "beta"
+                     and len({_canonical(s.params.get(k, "")) for s in settings}) > 1)
     runner_ups = []
     for s in settings:
         if s is chosen:

@@ -25,7 +25,6 @@ from facefuse.ablation import (
     format_ablation,
     run_ablation,
     table_markdown,
-    write_rows_json,
     write_table,
 )
 from facefuse.errors import ConfigError
@@ -94,7 +93,8 @@ def _value(variant: str, beta, seed: int, dataset: str) -> float:
     effect = 0.0 if beta is None else BETA_EFFECT.get(beta, 0.0)
     if dataset == "synth_ijbc":  # the low-quality set prefers the larger beta
         effect = -effect
-    return BASE[variant] + effect + SEED_OFFSET.get(seed, 0.0) - (0.1 if dataset == "synth_ijbc" else 0.0)
+    offset = 0.1 if dataset == "synth_ijbc" else 0.0
+    return BASE[variant] + effect + SEED_OFFSET.get(seed, 0.0) - offset
 
 
 def _add_run(client: MlflowClient, exp: str, variant, beta, seed: int, sweep_id: str = "abl",

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
 from facefuse.errors import ConfigError, FacefuseError
 from facefuse.selection import (
@@ -255,7 +255,8 @@ def test_register_prefers_the_best_checkpoint_artifact(tmp_path: Path, template_
         ["--dataset", "ijbb", "--tracking-uri", uri, "--register", "--model-name", "m"])
     sel = run_best_beta(args)
     assert sel.registration is not None and sel.registration.source.endswith("/best_checkpoint")
-    assert str(client.get_model_version_by_alias("m", "best-ijbb").version) == sel.registration.version
+    version = client.get_model_version_by_alias("m", "best-ijbb").version
+    assert str(version) == sel.registration.version
     assert json.loads(format_best_beta(sel, as_json=True))["registered"]["alias"] == "best-ijbb"
 
 
