@@ -60,3 +60,50 @@ def results_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def sweep_rows(tracking_uri: str, sweep_id: str, datasets: list[str]) -> list[dict[str, Any]]:
+    """Returns one row per trial run of a sweep: status, key params, objective, primary metrics."""
+    from mlflow.tracking import MlflowClient
+
+    from facefuse.data import get_dataset
+
+    client = MlflowClient(tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, f"tags.`facefuse.sweep_id` = '{sweep_id}' and "
+                                    "tags.`facefuse.kind` = 'trial'", max_results=5000)
+    rows = []
+    for run in runs:
+        p, m, t = run.data.params, run.data.metrics, run.data.tags
+        row: dict[str, Any] = {
+            "trial": t.get("facefuse.trial_id", "")[-5:],
+            "status": run.info.status + ("/asha" if t.get("facefuse.stopped_by_asha") == "true" else ""),
+            "epochs": int(m["epoch"]) if "epoch" in m else None,
+            "beta": float(p["beta"]) if "beta" in p else None,
+        }
+        for key in ("local_heads", "global_heads", "local_window", "dw_kernel", "lr"):
+            if key in p:
+                row[key] = float(p[key]) if key == "lr" else p[key]
+        row["objective"] = m.get("objective")
+        for ds in datasets:
+            row[ds] = m.get(f"{ds}/{get_dataset(ds).primary_metric}")
+        rows.append(row)
+    rows.sort(key=lambda r: -(r["objective"] if r["objective"] is not None else -1e9))
+    return rows
+
+
+def best_beta_lines(tracking_uri: str, experiment: str, datasets: list[str]) -> list[str]:
+    """Returns one line per dataset with the beta facefuse.selection chooses from this experiment."""
+    from facefuse.errors import FacefuseError
+    from facefuse.selection import select_beta
+
+    lines = []
+    for ds in datasets:
+        try:
+            sel = select_beta(tracking_uri, ds, experiment=experiment)
+        except FacefuseError as exc:
+            lines.append(f"  {ds:16s} no choice: {exc}")
+            continue
+        lines.append(f"  {ds:16s} beta={sel.beta:.3g}  {sel.metric}={sel.value:.4f}  "
+                     f"(curve prefers {sel.curve_beta:.3g}; {sel.n_trials} trials, run {sel.run_id[:8]})")
+    return lines

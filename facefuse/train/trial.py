@@ -137,8 +137,11 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
                  resume_dir: Optional[Path], rank: int = 0,
                  device: Optional[torch.device] = None) -> list[dict[str, float]]:
     """Returns the metric history after running the loop with checkpoints handed to ``report``."""
+    from facefuse.sweep.tracking import flat_config
+
     if ctx.torch_threads:
         torch.set_num_threads(ctx.torch_threads)
+    config = flat_config(config)  # grid entries (the ablation's) are merged into plain settings
     model_over, tcfg = split_config(config)
     backbones = BackbonePair(Path(ctx.arcface_checkpoint), Path(ctx.adaface_checkpoint))
     cache = Path(ctx.cache_dir) if ctx.cache_dir else None

@@ -1,0 +1,52 @@
+"""python -m platform.sweep JOB.yaml: run (or resume) a job's Ray Tune sweep, tracked in MLflow.
+
+With the embedded default (jobs/quickstart.yaml) it first builds the synthetic benchmark,
+pretrains the two tiny backbones and fills the feature cache, each skipped when done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m platform.sweep", description=__doc__)
+    parser.add_argument("job", type=Path, help="job YAML file, e.g. jobs/quickstart.yaml")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new sweep instead of resuming this job's last one")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="on resume, also retry trials that failed")
+    args = parser.parse_args(argv)
+
+    from platform._cli import run_command
+
+    def body() -> int:
+        from facefuse.pipeline import best_beta_lines, prepare_job, results_table, sweep_rows
+        from facefuse.sweep import run_sweep
+
+        job, _ = prepare_job(args.job)
+        result = run_sweep(job, resume=not args.fresh, retry_errored=args.retry_failed)
+        datasets = list(job.data.eval)
+        rows = sweep_rows(result.tracking_uri, result.sweep_id, datasets)
+        cols = ["trial", "status", "epochs", "beta", "local_heads", "global_heads",
+                "local_window", "lr", "objective", *datasets]
+        print(f"\nsweep {result.sweep_id} ({'resumed' if result.resumed else 'new'}): "
+              f"{len(result.trials)} trials, {result.num_errors} failed, {result.wall_s:.0f}s")
+        print(results_table(rows, [c for c in cols if any(c in r for r in rows)]))
+        print("\nbest beta per dataset (python -m platform.best_beta --dataset NAME for details):")
+        print("\n".join(best_beta_lines(result.tracking_uri, result.experiment_name, datasets)))
+        if result.pending_tracking_ops:
+            print(f"\nwarning: {result.pending_tracking_ops} tracking writes could not be "
+                  "delivered; rerun the command to retry them", file=sys.stderr)
+        uri = result.tracking_uri
+        print(f"\nexperiment {result.experiment_name!r} in {uri}")
+        print(f"compare trials:  mlflow ui --backend-store-uri {uri}")
+        return 1 if result.num_errors == len(result.trials) and result.trials else 0
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
