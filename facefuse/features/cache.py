@@ -45,6 +45,7 @@ class CacheKey:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -109,6 +110,7 @@ class FeatureCache:
                                         suffix=".npy.tmp")
         os.close(fd)
         tmp = Path(tmp_name)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' trials on the node read it too
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
             bar = tqdm(total=source.count, desc=f"{key.dataset} {key.stem()[:8]} {'flip' if key.flip else 'orig'}",
