@@ -153,6 +153,7 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     source: Optional[str] = None  # the job file this came from
     resolved: bool = False
+    written: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def experiment_name(self) -> str:
@@ -166,22 +167,28 @@ class JobSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the job as plain data (what the resolved-config artifact holds)."""
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("written", None)
+        return d
 
     def identity_hash(self) -> str:
-        """Returns a sha256 over what defines the sweep's results (not resources or tracking).
+        """Returns a sha256 over what defines the sweep's results, as the job file wrote it.
 
-        Changing concurrency or the tracking store after a crash must still resume the same
-        sweep; changing data, space (its content, not its path), objective, budget or fixed
-        params makes a new one.
+        Paths count as written, not resolved: a ``ray job submit`` driver runs in a fresh copy
+        of the project each time, and resubmitting the same job must find the same sweep.
+        Resources, tracking, storage and retries do not count (changing concurrency after a
+        crash still resumes); data, space (its content once resolved), objective, budget and
+        fixed params do.
         """
-        d = self.to_dict()
+        d = dict(self.written) if self.written else self.to_dict()
         for key in ("resources", "tracking", "storage", "source", "resolved", "max_failures"):
             d.pop(key, None)
-        try:
-            d["search_space"] = hashlib.sha256(Path(self.search_space).read_bytes()).hexdigest()
-        except OSError:
-            pass
+        if self.resolved:
+            try:
+                d["search_space_sha256"] = hashlib.sha256(
+                    Path(self.search_space).read_bytes()).hexdigest()
+            except OSError:
+                pass
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -465,6 +472,7 @@ def parse_job(raw: Any, path: Optional[PathLike] = None) -> JobSpec:
                     "give a positive number (fractions such as 0.5 are allowed)")
     if "beta" in params:
         logger.warning("%s: params.beta fixes beta for every trial", path)
+    job.written = job.to_dict()
     return job
 
 

@@ -421,6 +421,8 @@ class MlflowTrackingCallback(Callback):
                     client.log_artifacts(run_id, op["path"], op.get("artifact_path"))
                 else:
                     client.log_artifact(run_id, op["path"], op.get("artifact_path"))
+        elif kind == "orphans":
+            self._relabel_orphans(set(op["keep"]))
         elif kind == "status":
             client.update_run(self._run_for(op.get("trial")), status=op["status"])
         elif kind == "end":
@@ -428,6 +430,33 @@ class MlflowTrackingCallback(Callback):
             client.set_terminated(run_id, status=op["status"], end_time=op["ts"])
         else:  # pragma: no cover - ops are built in this module
             raise ValueError(f"unknown tracking operation {kind!r}")
+
+    def _relabel_orphans(self, keep: set[str]) -> None:
+        """Marks trial runs of this sweep whose trial Tune no longer knows (KILLED, kind orphan).
+
+        A driver killed between starting a trial and saving Tune's experiment state leaves a run
+        for a trial that the restored experiment does not contain (it samples a new trial in its
+        place). Relabelled, such runs drop out of ``facefuse.kind = 'trial'`` queries, so one
+        run per trial remains; their data is kept for inspection.
+        """
+        from mlflow.entities import RunTag
+
+        client = self.client()
+        filt = (f"tags.`facefuse.sweep_id` = '{self.sweep_id}' and "
+                f"tags.`facefuse.kind` = '{KIND_TRIAL}'")
+        for run in client.search_runs([self._experiment_id()], filter_string=filt,
+                                      max_results=50000):
+            tid = run.data.tags.get("facefuse.trial_id")
+            if tid in keep:
+                continue
+            logger.warning("trial %s of sweep %s is not part of the restored experiment; "
+                           "marking its run %s as orphaned", tid, self.sweep_id, run.info.run_id)
+            client.log_batch(run.info.run_id, tags=[RunTag("facefuse.kind", "orphaned_trial"),
+                                                    RunTag("facefuse.orphaned", "true")])
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status="KILLED")
+            self._map.get("trials", {}).pop(tid, None)
+        self._save_map()
 
     # ------------------------------------------------------------------ the queue
     def _enqueue(self, op: dict[str, Any]) -> None:
@@ -492,6 +521,8 @@ class MlflowTrackingCallback(Callback):
         while True:
             if self._drain(force=True):
                 return True
+            # The sweep is over and waits for us: poll at least every 5 s, not at the backoff.
+            self._next_try = min(self._next_try, time.monotonic() + 5.0)
             wait = min(self._next_try, deadline) - time.monotonic()
             if time.monotonic() >= deadline:
                 logger.warning("tracking store %s still unreachable; %d operations kept in %s "
@@ -628,6 +659,7 @@ class MlflowTrackingCallback(Callback):
         self._load()
         self.final_trials = list(trials)
         failed = sum(1 for t in trials if t.status == "ERROR")
+        self._enqueue({"op": "orphans", "keep": sorted(t.trial_id for t in trials)})
         self._enqueue({"op": "tags", "trial": None, "tags": {
             "facefuse.trials_total": str(len(trials)), "facefuse.trials_failed": str(failed)}})
         self._enqueue({"op": "end", "trial": None, "status": "FINISHED",

@@ -350,6 +350,9 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
                        else f"{str(job.storage).rstrip('/')}/{sweep_id}")
     _write_sweep_state(state_dir, sweep_id, job)
 
+    # num_to_keep forces a state snapshot after every few checkpoints; that is what resume
+    # wants, and Tune's warning about it would fire every epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     init_ray(**(ray_init_kwargs or {}))
     _check_cluster_fits(job)
 

@@ -157,3 +157,20 @@ def test_missing_search_space_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         resolve_paths(job, tmp_path)
     assert err.value.field == "search_space"
+
+
+def test_identity_does_not_depend_on_the_starting_directory(tmp_path: Path) -> None:
+    # `ray job submit` runs each driver in a fresh copy of the project: same job, same sweep.
+    raw = _raw(tmp_path, search_space="search_spaces/low_quality.yaml")
+    raw["data"]["cache_dir"] = "embedded"
+    job = parse_job(raw)
+    copy = tmp_path / "copy"
+    (copy / "search_spaces").mkdir(parents=True)
+    (copy / "search_spaces" / "low_quality.yaml").write_bytes(
+        (REPO / "search_spaces" / "low_quality.yaml").read_bytes())
+    a, b = resolve_paths(job, REPO), resolve_paths(job, copy)
+    assert a.data.cache_dir != b.data.cache_dir
+    assert a.identity_hash() == b.identity_hash()
+    (copy / "search_spaces" / "low_quality.yaml").write_text(
+        "params: {beta: {distribution: loguniform, low: 1.0e-3, high: 0.5}}\n")
+    assert resolve_paths(job, copy).identity_hash() != a.identity_hash()
