@@ -102,15 +102,29 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def safe_params(config: dict[str, Any]) -> dict[str, str]:
+def dotted_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Returns nested mappings flattened to dotted keys ({"asha": {"max_t": 3}} -> "asha.max_t")."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(dotted_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def safe_params(config: dict[str, Any], dotted: bool = False) -> dict[str, str]:
     """Returns the flat params to log: values as strings, credentials left out.
+
+    Trial configs merge nested entries (``flat_config``); ``dotted`` keeps the nesting in the
+    key instead (the sweep's own settings: ``asha.max_t``).
 
     A key that names a secret, or a value equal to a secret environment variable's value, is
     dropped (with a warning) so that credentials never reach the store.
     """
     secrets = {os.environ[k] for k in _SECRET_ENV if os.environ.get(k)}
     out: dict[str, str] = {}
-    for key, value in flat_config(config).items():
+    for key, value in (dotted_config(config) if dotted else flat_config(config)).items():
         text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
         if _SECRET_NAME.search(str(key)) or (text and text in secrets):
             logger.warning("not logging param %r: it looks like a credential", key)
@@ -337,7 +351,7 @@ class MlflowTrackingCallback(Callback):
                     "mlflow.runName": self.sweep_id, **self.sweep_tags}
             run = client.create_run(self._experiment_id(), tags=tags, run_name=self.sweep_id)
             run_id = run.info.run_id
-            params = [Param(k, v) for k, v in safe_params(self.sweep_params).items()]
+            params = [Param(k, v) for k, v in safe_params(self.sweep_params, dotted=True).items()]
             for i in range(0, len(params), 100):
                 client.log_batch(run_id, params=params[i:i + 100])
             for path in self.sweep_artifacts:

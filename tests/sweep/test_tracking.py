@@ -165,3 +165,8 @@ def test_server_outage_mid_sweep_loses_nothing(ray_session, tmp_path: Path, capl
     finally:
         for p in procs:
             _stop_server(p)
+
+
+def test_sweep_settings_keep_their_section_in_the_key() -> None:
+    params = safe_params({"asha": {"max_t": 3}, "data": {"eval": ["a", "b"]}}, dotted=True)
+    assert params == {"asha.max_t": "3", "data.eval": '["a", "b"]'}

@@ -40,6 +40,8 @@ def test_one_parent_and_one_child_per_trial(small_sweep) -> None:
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.info.run_id == result.parent_run_id
     assert parent.data.tags["facefuse.sweep_id"] == result.sweep_id
+    assert parent.data.params["asha.reduction_factor"] == "2"
+    assert parent.data.params["data.train"] == "synth_train"
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert {r.data.tags["facefuse.trial_id"] for r in children} == \
         {t.trial_id for t in result.trials}
