@@ -28,8 +28,9 @@ def embed_maps(model: torch.nn.Module, a: MapArray, b: MapArray, batch_size: int
     out = []
     for start in range(0, len(a), batch_size):
         sl = slice(start, start + batch_size)
-        xa = torch.from_numpy(np.asarray(a[sl])).to(device, torch.float32)
-        xb = torch.from_numpy(np.asarray(b[sl])).to(device, torch.float32)
+        # float32 copies: memory-mapped slices are read-only and the model wants fp32 anyway.
+        xa = torch.from_numpy(np.array(a[sl], dtype=np.float32)).to(device)
+        xb = torch.from_numpy(np.array(b[sl], dtype=np.float32)).to(device)
         out.append(model.embed(xa, xb).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out).astype(np.float64)
