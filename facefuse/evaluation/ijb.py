@@ -9,15 +9,15 @@ Speed (IJB-C: 469,375 images, 23,124 templates, 15.7 million pairs):
   template x image matrix of weights score / (images in its media) times the chunk gives,
   in float64, the protocol's mean over each media then sum over media in one weighted sum.
 - Pairs are scored with dense float64 GEMMs instead of 15.7 million random gathers of
-  512-d rows. Each pair is oriented so that its column is the template with more pairs
-  (ties: the later template). IJB's probe-versus-gallery pairs then need one product of the
-  probes with the gallery (19,593 x 3,531 for IJB-C) and a gather from it. When that product
-  would be too large (e.g. uniformly random pairs), templates are ranked by the same order
-  and each block of 1024 row templates is multiplied with the columns its pairs use: half
-  of a T x T product.
+  512-d rows. IJB's p1 and p2 name disjoint sets (gallery and probes): one product of the
+  two sets (3,531 x 19,593 for IJB-C) and a gather from it. Otherwise each pair is oriented
+  so that its column is the template with more pairs (ties: the later template), which makes
+  (a, b) and (b, a) the very same GEMM element, so equal scores stay equal; then one product
+  of the used rows with the used columns, or, when that would be too large (e.g. uniformly
+  random pairs), blocks of 1024 row templates (ranked by the same order) each multiplied
+  with the columns its pairs use: half of a T x T product.
 - float64 throughout: float32 accumulation of a 512-d dot product is off by about 1e-7,
-  and scores must agree with a float64 reference to 1e-9. Orienting each unordered pair one
-  way makes (a, b) and (b, a) the very same GEMM element, so equal scores stay equal.
+  and scores must agree with a float64 reference to 1e-9.
 """
 
 from __future__ import annotations
@@ -156,21 +156,37 @@ def _positions(used: np.ndarray) -> np.ndarray:
 
 
 def pair_scores(feats: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) -> np.ndarray:
-    """Returns float64 [P]: the dot product of rows idx1[k] and idx2[k] of float64 `feats`."""
+    """Returns float64 [P]: the dot product of rows idx1[k] and idx2[k] of float64 `feats`.
+
+    idx1, idx2 are row indices into feats (ijb_scores checks them).
+    """
     n_t = len(feats)
     n_p = len(idx1)
     if n_p == 0:
         return np.zeros(0, dtype=np.float64)
+    used1 = np.bincount(idx1, minlength=n_t) > 0
+    used2 = np.bincount(idx2, minlength=n_t) > 0
+    n1, n2 = int(used1.sum()), int(used2.sum())
+    if not (used1 & used2).any() and n1 * n2 <= _MAX_GRAM:
+        # p1 and p2 name disjoint template sets (IJB: gallery and probes), so no pair can
+        # appear swapped and no orientation is needed: one GEMM of the p1 templates with the
+        # p2 templates (IJB-C: 3,531 x 19,593, 0.55 GB), then one gather. The operands are
+        # gathered copies, so numpy never sees X @ X.T of one buffer (OpenBLAS's symmetric
+        # kernel crashes on IJB-C sized inputs here, STACK_NOTES.md).
+        gram = feats[used1] @ np.ascontiguousarray(feats[used2].T)
+        flat = _positions(used1)[idx1].astype(_index_dtype(n1 * n2))
+        flat *= n2
+        flat += _positions(used2)[idx2]
+        logger.debug("pair_scores: %d pairs, one %d x %d product", n_p, n1, n2)
+        return np.take(gram.ravel(), flat)
+    del used1, used2
     rows, cols, by_rank = _orient(idx1, idx2, n_t)
     ranked = feats[by_rank]
     row_used = np.bincount(rows, minlength=n_t) > 0
     col_used = np.bincount(cols, minlength=n_t) > 0
     n_rows, n_cols = int(row_used.sum()), int(col_used.sum())
     if n_rows * n_cols <= _MAX_GRAM:
-        # One GEMM of the used rows against the used columns (IJB-C: 19,593 probes x 3,531
-        # gallery templates, 0.55 GB), then one gather. The operands are gathered copies, so
-        # numpy never sees X @ X.T of one buffer (OpenBLAS's symmetric kernel crashes on
-        # IJB-C sized inputs here, STACK_NOTES.md).
+        # Oriented pairs still fit one product: the used rows against the used columns.
         gram = ranked[row_used] @ np.ascontiguousarray(ranked[col_used].T)
         flat = _positions(row_used)[rows].astype(_index_dtype(n_rows * n_cols))
         flat *= n_cols

@@ -38,10 +38,11 @@ def _distinct_counts(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def _roc_counts(labels: np.ndarray, scores: np.ndarray, with_thresholds: bool
                 ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """Returns (fps, tps, thresholds) at every distinct score, highest score first.
+    """Returns (fps, tps, thresholds) at the distinct scores sklearn's roc_curve keeps,
+    highest score first (thresholds None unless asked for).
 
     fps[i] / tps[i] count negatives / positives scoring >= thresholds[i], as in sklearn's
-    confusion_matrix_at_thresholds.
+    confusion_matrix_at_thresholds, with drop_intermediate=True applied.
     """
     pos_vals, pos_counts = _distinct_counts(np.sort(scores[labels]))
     neg_vals, neg_counts = _distinct_counts(np.sort(scores[~labels]))
@@ -61,14 +62,20 @@ def _roc_counts(labels: np.ndarray, scores: np.ndarray, with_thresholds: bool
     neg_at[~is_new] = neg_counts
     pos_at = np.zeros(total, dtype=np.int64)
     pos_at[slot] = pos_counts
-    fps = np.cumsum(neg_at[::-1])
-    tps = np.cumsum(pos_at[::-1])
+    neg_at, pos_at = neg_at[::-1], pos_at[::-1]
+    # sklearn drops point i when the second differences of fps and tps are both zero there;
+    # the second difference of a cumulative sum is the first difference of the counts.
+    keep = np.ones(total, dtype=bool)
+    if total > 2:
+        keep[1:-1] = (neg_at[2:] != neg_at[1:-1]) | (pos_at[2:] != pos_at[1:-1])
+    fps = np.cumsum(neg_at)[keep]
+    tps = np.cumsum(pos_at)[keep]
     thresholds = None
     if with_thresholds:
         values = np.empty(total, dtype=np.float64)
         values[~is_new] = neg_vals
         values[slot[new]] = pos_vals[new]
-        thresholds = values[::-1]
+        thresholds = values[::-1][keep]
     return fps, tps, thresholds
 
 
@@ -96,13 +103,6 @@ def roc_curve(labels: Iterable, scores: Iterable) -> tuple[np.ndarray, np.ndarra
 
 def _roc_from_counts(fps: np.ndarray, tps: np.ndarray, thresholds: Optional[np.ndarray]
                      ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    if len(fps) > 2:
-        keep = np.empty(len(fps), dtype=bool)
-        keep[0] = keep[-1] = True
-        keep[1:-1] = (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0)
-        fps, tps = fps[keep], tps[keep]
-        if thresholds is not None:
-            thresholds = thresholds[keep]
     fps = np.concatenate(([0.0], fps.astype(np.float64)))
     tps = np.concatenate(([0.0], tps.astype(np.float64)))
     if thresholds is not None:
