@@ -140,3 +140,25 @@ def test_sweep_of_the_real_trainable_tracks_every_trial(world: dict[str, Path], 
         assert [h.step for h in hist] == list(range(1, len(hist) + 1))
     rows = sweep_rows(job.tracking.uri, result.sweep_id, EVAL)
     assert len(rows) == 3 and all(r["synth_lfw"] is not None for r in rows)
+
+
+@pytest.mark.slow
+def test_multi_worker_trial_runs_ddp_through_ray_train(world: dict[str, Path], tmp_path: Path,
+                                                       ray_local: None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from facefuse.pipeline import prepare_job
+    from facefuse.sweep import run_sweep
+
+    path = _job(world, tmp_path, "ddp", trials=1, epochs=2,
+                resources={"workers_per_trial": 2, "cpus_per_worker": 0.5,
+                           "max_concurrent_trials": 1})
+    job, ctx = prepare_job(path, cwd=tmp_path)
+    assert ctx["workers_per_trial"] == 2
+    result = run_sweep(job)
+    assert result.num_errors == 0, [t.error for t in result.trials]
+    (trial,) = result.trials
+    assert trial.epochs_done == 2
+    run = MlflowClient(job.tracking.uri).get_run(trial.run_id)
+    assert "synth_ijbb/tar_far_1e-4" in run.data.metrics
+    assert run.data.metrics["epoch"] == 2
