@@ -68,6 +68,11 @@ MAX_TAG_CHARS = 5000
 MAX_BATCH_METRICS = 1000
 
 
+def redact_uri(uri: str) -> str:
+    """Returns the URI with any user:password@ part replaced, for logs and state files."""
+    return re.sub(r"(://)[^/@]+@", r"\1***@", uri)
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
@@ -256,7 +261,8 @@ class MlflowTrackingCallback(Callback):
             return
         self._loaded = True
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
-        fresh = {"sweep_id": self.sweep_id, "tracking_uri": self.tracking_uri, "trials": {}}
+        shown = redact_uri(self.tracking_uri)
+        fresh = {"sweep_id": self.sweep_id, "tracking_uri": shown, "trials": {}}
         try:
             data = json.loads(self.map_path.read_text())
         except FileNotFoundError:
@@ -265,13 +271,13 @@ class MlflowTrackingCallback(Callback):
             logger.warning("ignoring unreadable %s (%s); runs are looked up by tags instead",
                            self.map_path, exc)
             data = fresh
-        if data.get("tracking_uri") != self.tracking_uri or data.get("sweep_id") != self.sweep_id:
+        if data.get("tracking_uri") != shown or data.get("sweep_id") != self.sweep_id:
             # Another store: the ids in the map mean nothing there; tags find runs instead.
             data = fresh
         self._map = data
         try:
             backlog = json.loads(self.backlog_path.read_text())
-            if backlog.get("tracking_uri") == self.tracking_uri:
+            if backlog.get("tracking_uri") == shown:
                 self._queue.extend(backlog.get("ops", []))
                 logger.warning("replaying %d tracking operations left from an earlier run of "
                                "this sweep", len(self._queue))
@@ -291,7 +297,7 @@ class MlflowTrackingCallback(Callback):
 
     def _save_backlog(self) -> None:
         if self._queue:
-            _atomic_write_json(self.backlog_path, {"tracking_uri": self.tracking_uri,
+            _atomic_write_json(self.backlog_path, {"tracking_uri": redact_uri(self.tracking_uri),
                                                    "ops": list(self._queue)})
         else:
             try:
@@ -475,6 +481,8 @@ class MlflowTrackingCallback(Callback):
     # ------------------------------------------------------------------ the queue
     def _enqueue(self, op: dict[str, Any]) -> None:
         self._queue.append(op)
+        if self._outage_since is not None:
+            self._save_backlog()  # while the store is down, a killed driver must lose nothing
 
     def _drain(self, force: bool = False) -> bool:
         """Returns True when the queue is empty after sending what the store accepts."""
@@ -482,7 +490,6 @@ class MlflowTrackingCallback(Callback):
         if not self._queue:
             return True
         if not force and time.monotonic() < self._next_try:
-            self._save_backlog()
             return False
         sent = 0
         while self._queue:
@@ -509,7 +516,8 @@ class MlflowTrackingCallback(Callback):
             self._ops_done += 1
         if self._outage_since is not None:
             logger.warning("tracking store %s answers again after %.0fs; sent %d buffered "
-                           "operations", self.tracking_uri, time.monotonic() - self._outage_since,
+                           "operations", redact_uri(self.tracking_uri),
+                           time.monotonic() - self._outage_since,
                            sent)
         self._outage_since = None
         self._backoff = self.initial_backoff_s
@@ -524,7 +532,8 @@ class MlflowTrackingCallback(Callback):
             if not quiet:
                 logger.warning("tracking store %s does not answer (%s: %s); buffering %d "
                                "operations and retrying with backoff; the sweep goes on",
-                               self.tracking_uri, type(exc).__name__, str(exc)[:200],
+                               redact_uri(self.tracking_uri), type(exc).__name__,
+                               redact_uri(str(exc))[:200],
                                len(self._queue))
         self._next_try = now + self._backoff
         self._backoff = min(self._backoff * 2, self.max_backoff_s)
@@ -540,7 +549,8 @@ class MlflowTrackingCallback(Callback):
             wait = min(self._next_try, deadline) - time.monotonic()
             if time.monotonic() >= deadline:
                 logger.warning("tracking store %s still unreachable; %d operations kept in %s "
-                               "and replayed when this sweep runs again", self.tracking_uri,
+                               "and replayed when this sweep runs again",
+                               redact_uri(self.tracking_uri),
                                len(self._queue), self.backlog_path)
                 return False
             time.sleep(max(0.05, wait))

@@ -10,7 +10,6 @@ runs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -27,6 +26,7 @@ from facefuse.errors import ConfigError
 from facefuse.sweep.jobs import (JobSpec, dataset_quality, fixed_config, resolve_paths,
                                  trial_context)
 from facefuse.sweep.spaces import check_against_fixed, load_search_space
+from facefuse.sweep.tracking import redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +219,6 @@ def _artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
         return (db.parent / "mlartifacts" / experiment).as_uri()
-    if tracking_uri.startswith("/"):
-        return None
     return None  # a tracking server decides where artifacts go
 
 
@@ -410,7 +408,7 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     trials = _summaries(callback.final_trials, callback)
     result = SweepResult(
         sweep_id=sweep_id, experiment_name=job.experiment_name,
-        tracking_uri=job.tracking.uri or "", experiment_path=experiment_path,
+        tracking_uri=redact_uri(job.tracking.uri or ""), experiment_path=experiment_path,
         parent_run_id=callback.parent_run_id, trials=trials, best=_best(trials, job.max_t),
         resumed=bool(resumed), wall_s=time.perf_counter() - t0,
         pending_tracking_ops=callback.pending_operations)

@@ -170,3 +170,10 @@ def test_server_outage_mid_sweep_loses_nothing(ray_session, tmp_path: Path, capl
 def test_sweep_settings_keep_their_section_in_the_key() -> None:
     params = safe_params({"asha": {"max_t": 3}, "data": {"eval": ["a", "b"]}}, dotted=True)
     assert params == {"asha.max_t": "3", "data.eval": '["a", "b"]'}
+
+
+def test_credentials_in_the_tracking_uri_are_redacted() -> None:
+    from facefuse.sweep.tracking import redact_uri
+
+    assert redact_uri("https://alice:s3cret@mlflow.example.org/") == "https://***@mlflow.example.org/"
+    assert redact_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
