@@ -141,14 +141,15 @@ def age_identity(p: Params, age: float, drift: float = 1.0) -> Params:
 def blend_identities(a: Params, b: Params, t: float) -> Params:
     """Returns a look-alike of ``a``: continuous parameters moved a fraction ``t`` towards ``b``.
 
-    Discrete traits (hair colour, beard, glasses, moles) stay those of ``a``, which is what makes
-    look-alikes hard impostors.
+    Hair colour, baldness, beard and glasses stay those of ``a`` (what makes look-alikes hard
+    impostors); moles come from ``b``.
     """
     q = dict(a)
     for key in GEOMETRY:
         q[key] = np.float32((1 - t) * a[key] + t * b[key])
     for key in ("skin", "eye", "lip", "waves"):
         q[key] = ((1 - t) * a[key] + t * b[key]).astype(np.float32)
+    q["moles"] = b["moles"]
     return q
 
 

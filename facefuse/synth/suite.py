@@ -37,7 +37,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 MANIFEST = "synth_manifest.json"
 # bump whenever rendering or planning changes what a given (seed, config) produces
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 CHUNK = 16  # images per rendering task; fixed so the output does not depend on the worker count
 ID_BLOCK = 1_000_000
 TWIN_OFFSET = 500_000
@@ -58,10 +58,10 @@ class SuiteConfig:
     ijb_templates_per_identity: int = 3
     ijb_impostor_pairs: int = 8000
     crop_size: int = 160
-    identity_spread: float = 1.0  # how different identities are (lower = harder)
-    nuisance: float = 1.0  # pose, expression, lighting and occlusion strength (higher = harder)
+    identity_spread: float = 1.4  # how different identities are (lower = harder)
+    nuisance: float = 0.85  # pose, expression, lighting and occlusion strength (higher = harder)
     age_drift: float = 1.0  # how far ageing moves an identity's geometry (agedb_30, calfw)
-    lookalike_mix: float = 0.4  # look-alike impostors: fraction of the way to another identity (calfw, cplfw)
+    lookalike_mix: float = 0.55  # look-alike impostors: fraction of the way to another identity (calfw, cplfw)
     train_degradation: float = 0.15  # fraction of train images mildly degraded
     ijbb_degradation: float = 0.6  # top degradation strength in synth_ijbb (mixed quality)
     ijbc_degradation: float = 1.0  # top degradation strength in synth_ijbc (low quality)
