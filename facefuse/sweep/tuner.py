@@ -73,9 +73,16 @@ class SweepResult:
 
 
 # --------------------------------------------------------------------------- helpers
-def sweep_id_for(job: JobSpec) -> str:
-    """Returns the deterministic sweep id: job name + 10 hex digits of the job's identity hash."""
-    return f"{job.name}-{job.identity_hash()[:10]}"
+def sweep_id_for(job: JobSpec, trainable_name: str = DEFAULT_TRAINABLE) -> str:
+    """Returns the deterministic sweep id: job name + 10 hex digits of the job's identity hash.
+
+    A trainable other than the default (the self-test) gets its own id, so that a self-test run
+    of a job is never resumed as that job's real sweep.
+    """
+    digest = job.identity_hash()
+    if trainable_name != DEFAULT_TRAINABLE:
+        digest = hashlib.sha256(f"{digest}:{trainable_name}".encode()).hexdigest()
+    return f"{job.name}-{digest[:10]}"
 
 
 def resolve_trainable(trainable: Optional[Trainable]) -> Callable[..., None]:
@@ -97,6 +104,16 @@ def resolve_trainable(trainable: Optional[Trainable]) -> Callable[..., None]:
         raise ConfigError(None, f"trainable {trainable!r} lives under platform/", field="trainable",
                           fix="move it into the facefuse package (see DESIGN.md)")
     return fn
+
+
+def _trainable_name(fn: Callable[..., None]) -> str:
+    """Returns DEFAULT_TRAINABLE for the default trainable, else the function's import path."""
+    try:
+        if fn is resolve_trainable(DEFAULT_TRAINABLE):
+            return DEFAULT_TRAINABLE
+    except ConfigError:
+        pass
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def git_commit(cwd: Optional[Path] = None) -> str:
@@ -196,8 +213,8 @@ def _local_storage(job: JobSpec) -> bool:
     return "://" not in str(job.storage)
 
 
-def _choose_sweep_id(job: JobSpec, resume: bool) -> str:
-    base = sweep_id_for(job)
+def _choose_sweep_id(job: JobSpec, resume: bool, trainable_name: str) -> str:
+    base = sweep_id_for(job, trainable_name)
     if resume or not _local_storage(job):
         return base
     sweep_id, n = base, 1
@@ -338,11 +355,12 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
         job = resolve_paths(job)
     space = load_search_space(job.search_space)
     fixed = fixed_config(job)
-    check_against_fixed(space, fixed, job.source)
+    if param_space is None:  # a given param space (ablation grid) replaces the search space
+        check_against_fixed(space, fixed, job.source)
     fn = resolve_trainable(trainable)
     context = trial_context(job)
 
-    sweep_id = _choose_sweep_id(job, resume)
+    sweep_id = _choose_sweep_id(job, resume, _trainable_name(fn))
     state_dir = _state_dir(job, sweep_id)
     experiment_path = (str(Path(job.storage) / sweep_id) if _local_storage(job)
                        else f"{str(job.storage).rstrip('/')}/{sweep_id}")

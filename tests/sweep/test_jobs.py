@@ -174,3 +174,20 @@ def test_identity_does_not_depend_on_the_starting_directory(tmp_path: Path) -> N
     (copy / "search_spaces" / "low_quality.yaml").write_text(
         "params: {beta: {distribution: loguniform, low: 1.0e-3, high: 0.5}}\n")
     assert resolve_paths(job, copy).identity_hash() != a.identity_hash()
+
+
+def test_self_test_sweeps_get_their_own_id(tmp_path: Path) -> None:
+    from facefuse.sweep.tuner import DEFAULT_TRAINABLE, sweep_id_for
+
+    job = parse_job(_raw(tmp_path))
+    real = sweep_id_for(job, DEFAULT_TRAINABLE)
+    assert real.startswith("t-") and real == sweep_id_for(job)
+    assert sweep_id_for(job, "facefuse.sweep.selftest.quadratic_trainable") != real
+
+
+def test_default_trainable_is_recognised_by_identity() -> None:
+    from facefuse.sweep.tuner import DEFAULT_TRAINABLE, _trainable_name, resolve_trainable
+
+    assert _trainable_name(resolve_trainable(None)) == DEFAULT_TRAINABLE
+    assert _trainable_name(resolve_trainable("facefuse.sweep.selftest.quadratic_trainable")) == \
+        "facefuse.sweep.selftest.quadratic_trainable"
