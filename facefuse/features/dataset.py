@@ -131,8 +131,10 @@ def _dataset_meta(name: str, data_root: Path, cache_root: Path) -> dict[str, np.
 
 @lru_cache(maxsize=8)
 def _load_backbone_cached(path: str) -> torch.nn.Module:
+    """Returns a frozen backbone, on the GPU when this process has one (workers on GPU nodes)."""
     from facefuse.backbones import load_backbone
-    return load_backbone(path)
+    model = load_backbone(path)
+    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 @lru_cache(maxsize=16)

@@ -151,6 +151,7 @@ class JobSpec:
     seed: int = 0
     variant: Optional[str] = None
     params: dict[str, Any] = field(default_factory=dict)
+    ablation: dict[str, Any] = field(default_factory=dict)  # variants, betas, seeds (ablation runs)
     source: Optional[str] = None  # the job file this came from
     resolved: bool = False
     written: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -199,7 +200,9 @@ _SECTIONS: dict[str, Any] = {
     "tracking": TrackingSpec,
 }
 _TOP_KEYS = ("name", "seed", "data", "backbones", "search_space", "objective", "trials", "epochs",
-             "asha", "resources", "max_failures", "tracking", "storage", "variant", "params")
+             "asha", "resources", "max_failures", "tracking", "storage", "variant", "params",
+             "ablation")
+_ABLATION_KEYS = ("variants", "betas", "seeds")
 
 
 def _fail(path: Optional[PathLike], key: str, msg: str, fix: Optional[str] = None) -> ConfigError:
@@ -428,6 +431,12 @@ def parse_job(raw: Any, path: Optional[PathLike] = None) -> JobSpec:
                         "in a search space file")
     _check_params(path, params)
 
+    ablation = _coerce(path, "ablation", raw.get("ablation") or {}, dict)
+    _check_keys(path, "ablation.", ablation, _ABLATION_KEYS)
+    for key in _ABLATION_KEYS:
+        if key in ablation:
+            _coerce(path, f"ablation.{key}", ablation[key], list)
+
     variant = raw.get("variant")
     if variant is not None:
         variant = str(_coerce(path, "variant", variant, (str)))
@@ -447,6 +456,7 @@ def parse_job(raw: Any, path: Optional[PathLike] = None) -> JobSpec:
         seed=_coerce(path, "seed", raw.get("seed", 0), int),
         variant=variant,
         params=dict(params),
+        ablation=dict(ablation),
         source=None if path is None else os.fspath(path),
     )
     _at_least(path, "trials", job.trials, 1)
