@@ -86,6 +86,7 @@ ARCHS: dict[str, ArchSpec] = {
     "r200": ArchSpec((6, 26, 60, 6)),
     "ir_tiny": ArchSpec((1, 1, 1, 1), (16, 32, 64, 128), 128),
     "ir_small": ArchSpec((1, 2, 2, 1), (32, 64, 128, 256), 256),
+    "ir_nano": ArchSpec((1, 1, 1, 1), (8, 16, 32, 64), 64),
 }
 
 #: Other names the field uses for the same networks (AdaFace's build_model names, insightface's functions).

@@ -9,7 +9,8 @@ from facefuse.backbones import ARCHS, get_model
 from facefuse.errors import ConfigError
 
 
-@pytest.mark.parametrize("name,channels,emb", [("ir_tiny", 128, 128), ("ir_small", 256, 256), ("ir_18", 512, 512)])
+@pytest.mark.parametrize("name,channels,emb", [("ir_nano", 64, 64), ("ir_tiny", 128, 128), ("ir_small", 256, 256),
+                                                ("ir_18", 512, 512)])
 def test_forward_features_is_7x7_and_forward_is_the_embedding(name, channels, emb):
     model = get_model(name).eval()
     x = torch.zeros(2, 3, 112, 112)

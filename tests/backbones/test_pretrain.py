@@ -8,11 +8,13 @@ import numpy as np
 import torch
 
 from facefuse.backbones import load_backbone
+from facefuse.backbones.losses import AdaFaceHead
 from facefuse.backbones.pretrain import (ADAFACE_TINY, ARCFACE_TINY, augment_batch, pretrain_tiny_backbones,
-                                         train_tiny_backbone, with_overrides)
+                                         set_margin, train_tiny_backbone, with_overrides)
+from facefuse.model.heads import ArcFaceHead
 from facefuse.data import write_recordio_dataset
 
-MICRO = dict(widths=(4, 8, 12, 16), num_features=8, batch_size=8, warmup_steps=2)
+MICRO = dict(widths=(4, 8, 12, 16), num_features=8, batch_size=8, warmup_steps=2, margin_warmup=0.0)
 
 
 def _toy_faces(n_classes: int = 4, per_class: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,3 +73,15 @@ def test_pretrain_writes_both_official_layouts(tmp_path):
     summary = json.loads((tmp_path / "out" / "pretrain.json").read_text())
     assert set(summary["backbones"]) == {"arcface_tiny", "adaface_tiny"}
     assert summary["backbones"]["arcface_tiny"]["recipe"]["augment"] == "flip"
+
+
+def test_margin_warmup_gives_the_same_logits_as_a_head_built_with_that_margin():
+    z, y = torch.randn(6, 8), torch.randint(0, 5, (6,))
+    for make in (lambda m: ArcFaceHead(8, 5, margin=m), lambda m: AdaFaceHead(8, 5, m=m)):
+        ramped, fixed = make(0.5), make(0.2)
+        fixed.load_state_dict(ramped.state_dict())
+        set_margin(ramped, 0.2)
+        ramped.eval(), fixed.eval()
+        n = z.norm(dim=1, keepdim=True)
+        args = (z, y) if isinstance(fixed, ArcFaceHead) else (z / n, n, y)
+        torch.testing.assert_close(ramped(*args), fixed(*args))
