@@ -45,6 +45,8 @@ class TrainConfig:
     flip_augment: bool = True
     eval_batch_size: int = 512
     max_steps_per_epoch: Optional[int] = None
+    # Test hook, ignored unless set: fault tests need epochs slow enough to kill a worker inside one.
+    _test_sleep_per_step_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -199,6 +201,8 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             optimizer.step()
+            if cfg._test_sleep_per_step_s:
+                time.sleep(float(cfg._test_sleep_per_step_s))
             t2 = time.perf_counter()
             t_data += t1 - t0
             t_model += t2 - t1

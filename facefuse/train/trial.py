@@ -22,12 +22,14 @@ import torch
 
 from facefuse.errors import ConfigError
 from facefuse.features.dataset import BackbonePair, load_eval_sets, load_train_set
-from facefuse.train.loop import EpochState, TrainConfig, train
+from facefuse.train.loop import EpochState, TrainConfig, TrainingDiverged, train
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 BEST_DIR = "best"
+#: Written in the trial directory when an attempt diverges; a retry reads it and stops at once.
+DIVERGED_FILE = "facefuse_diverged.txt"
 
 
 @dataclass
@@ -211,20 +213,29 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from ray import tune
 
     ctx = TrialContext.from_dict(context)
+    diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED_FILE
+    if diverged.exists():
+        # Tune retries every error; a retry resumes from the same checkpoint with the same
+        # per-epoch seeds, so it would diverge at the same step. Fail at once instead.
+        raise TrainingDiverged(f"{diverged.read_text().strip()} [an earlier attempt of this "
+                               "trial; not retrained, it would diverge the same way]")
     if ctx.workers_per_trial <= 1:
         device = torch.device("cuda") if ctx.gpus_per_worker and torch.cuda.is_available() \
             else torch.device("cpu")
         ckpt = tune.get_checkpoint()
+        local: Optional[Path] = None
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 local = Path(tempfile.mkdtemp(prefix="facefuse-resume-"))
                 shutil.copytree(d, local, dirs_exist_ok=True)
-            try:
-                run_training(config, ctx, _tune_report, local, 0, device)
-            finally:
+        try:
+            run_training(config, ctx, _tune_report, local, 0, device)
+        except TrainingDiverged as exc:
+            diverged.write_text(str(exc))
+            raise
+        finally:
+            if local is not None:
                 shutil.rmtree(local, ignore_errors=True)
-        else:
-            run_training(config, ctx, _tune_report, None, 0, device)
         return
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

@@ -1,0 +1,162 @@
+"""Faults a sweep of the real trainable must survive, done for real on a local Ray with an sqlite
+MLflow store: a trial's worker process SIGKILLed mid-epoch, and a trial whose loss becomes NaN.
+
+(The driver killed mid-sweep, the MLflow server stopped and restarted, a failed attempt retried
+and a crash during a cache write are in tests/sweep/test_resume.py, tests/sweep/test_tracking.py,
+tests/sweep/test_tuner.py and tests/features/test_cache.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TINY = {"batch_size": 32, "d_model": 32, "fusion_hidden": 64, "embedding_size": 32}
+
+
+def _results(storage: Path) -> dict[str, list[dict[str, Any]]]:
+    """Returns every result Tune wrote so far, per trial id (from each trial's result.json)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in storage.glob("*/*/result.json"):
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # the driver is writing this line right now
+                break
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def _trial_runs(uri: str, experiment: str) -> tuple[Any, list[Any]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, runs
+
+
+class _Killer(threading.Thread):
+    """Watches the sweep's results; SIGKILLs the worker of the first trial that reported epoch 1.
+
+    Each epoch sleeps ``_test_sleep_per_step_s`` per step, so epoch 2 takes seconds: the kill
+    lands inside it.
+    """
+
+    def __init__(self, storage: Path) -> None:
+        super().__init__(daemon=True)
+        self.storage = storage
+        self.killed: dict[str, Any] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 240
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            for tid, rows in _results(self.storage).items():
+                if [r.get("epoch") for r in rows] == [1.0]:
+                    pid = int(rows[0]["pid"])
+                    os.kill(pid, signal.SIGKILL)  # the Ray worker process running this trial
+                    self.killed = {"trial_id": tid, "pid": pid, "at": time.monotonic()}
+                    return
+            time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_epoch_resumes_from_checkpoint(world_job, tmp_path: Path,
+                                                        ray_local: None) -> None:
+    from facefuse.pipeline import prepare_job
+    from facefuse.sweep import run_sweep
+
+    epochs = 3
+    path = world_job(tmp_path, "worker_killed", trials=2, epochs=epochs, max_failures=1,
+                     asha={"grace_period": epochs, "reduction_factor": 2},
+                     params={**TINY, "_test_sleep_per_step_s": 0.75})
+    job, _ = prepare_job(path, cwd=tmp_path)
+    killer = _Killer(Path(job.storage))
+    killer.start()
+    try:
+        result = run_sweep(job, flush_timeout_s=60)
+    finally:
+        killer.stop.set()
+        killer.join(timeout=10)
+    assert killer.killed, "no trial reported epoch 1 while the killer watched"
+    victim = killer.killed["trial_id"]
+
+    assert len(result.trials) == 2 and result.num_errors == 0, [t.error for t in result.trials]
+    assert all(t.epochs_done == epochs for t in result.trials)
+
+    # The retried attempt started at epoch 2 (from the epoch-1 checkpoint), in a new process.
+    rows = _results(Path(job.storage))[victim]
+    seen = [(int(r["epoch"]), r["pid"], r["iterations_since_restore"]) for r in rows]
+    assert [e for e, _, _ in seen] == [1, 2, 3], seen
+    assert seen[0][1] == killer.killed["pid"]
+    assert seen[1][1] != killer.killed["pid"] and seen[1][2] == 1, seen  # first report after restore
+    assert seen[2][1] == seen[1][1]
+
+    client, runs = _trial_runs(job.tracking.uri, "worker_killed")
+    kids = [r for r in runs if r.data.tags.get("facefuse.kind") == "trial"]
+    assert sorted(r.data.tags["facefuse.trial_id"] for r in kids) == \
+        sorted(t.trial_id for t in result.trials)  # exactly one run per trial
+    for run in kids:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "synth_lfw/acc")]
+        assert steps == [1, 2, 3], steps  # epoch 1 logged once although two attempts ran
+        attempts = run.data.tags["facefuse.failed_attempts"]
+        if run.data.tags["facefuse.trial_id"] == victim:
+            assert attempts == "1"
+            reason = run.data.tags["facefuse.last_attempt_error"]
+            assert "died" in reason.lower() or "actor" in reason.lower(), reason
+        else:
+            assert attempts == "0"
+    assert {r.data.tags.get("facefuse.kind") for r in runs} == {"trial", "sweep"}
+
+
+@pytest.mark.slow
+def test_diverged_trial_is_recorded_failed_and_the_sweep_goes_on(world_job, tmp_path: Path,
+                                                                  ray_local: None) -> None:
+    from ray import tune
+
+    from facefuse.pipeline import prepare_job
+    from facefuse.sweep import run_sweep
+    from facefuse.train.trial import DIVERGED_FILE
+
+    path = world_job(tmp_path, "diverged", epochs=2, max_failures=1,
+                     params={**TINY, "optimizer": "sgd", "grad_clip": 0.0})
+    job, _ = prepare_job(path, cwd=tmp_path)
+    # One sane learning rate and one absurd one (sgd, no clipping: NaN at the second step).
+    result = run_sweep(job, param_space={"lr": tune.grid_search([1e-3, 1e12])}, use_asha=False,
+                       flush_timeout_s=60)
+
+    assert len(result.trials) == 2 and result.num_errors == 1
+    by_lr = {float(t.config["lr"]): t for t in result.trials}
+    good, bad = by_lr[1e-3], by_lr[1e12]
+    assert good.status == "TERMINATED" and good.epochs_done == 2
+    assert bad.status == "ERROR" and "loss became nan" in (bad.error or "")
+
+    client, runs = _trial_runs(job.tracking.uri, "diverged")
+    kids = {float(r.data.params["lr"]): r for r in runs if r.data.tags.get("facefuse.kind") == "trial"}
+    assert set(kids) == {1e-3, 1e12}  # one run per trial, the retry did not add one
+    assert kids[1e-3].info.status == "FINISHED"
+    failed = kids[1e12]
+    assert failed.info.status == "FAILED"
+    tags = failed.data.tags
+    assert "TrainingDiverged" in tags["facefuse.error"], tags["facefuse.error"]
+    assert "loss became nan at epoch 1 step 2" in tags["facefuse.error"]
+    assert "lower the learning rate or beta" in tags["facefuse.error"]
+    # Tune retried it (max_failures=1); the retry failed at once instead of training again.
+    assert tags["facefuse.failed_attempts"] == "2"
+    assert "not retrained" in tags["facefuse.error"]
+    assert tags["facefuse.full_budget"] == "false"
+    trial_dirs = [p.parent for p in Path(result.experiment_path).glob(f"*/{DIVERGED_FILE}")]
+    assert len(trial_dirs) == 1
+    parent = [r for r in runs if r.data.tags.get("facefuse.kind") == "sweep"][0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["facefuse.trials_failed"] == "1"
