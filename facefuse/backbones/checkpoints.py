@@ -68,7 +68,8 @@ def read_checkpoint(path: PathLike) -> Any:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        # torch words it "Unsupported global: GLOBAL x" or "unsupported GLOBAL x whose module ..."
+        refused = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(exc))
         what = f"the global {refused.group(1)}" if refused else "a non-tensor object"
         raise UnsafePickleError(
             path, f"checkpoint refused: it needs arbitrary unpickling of {what}", field="pickle",

@@ -35,14 +35,14 @@ class ImageFolderDataset:
                                   fix="check the data root (FACEFUSE_DATA) and the dataset name")
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
-            raise DataFormatError(self.root, "no identity sub-folders", fix="lay images out as root/<identity>/*.jpg")
+            raise DataFormatError(self.root, "no identity sub-folders", field="identity folders", fix="lay images out as root/<identity>/*.jpg")
         files: list[Path] = []
         labels: list[int] = []
         for label, cls in enumerate(self.classes):
             found = sorted(p for p in (self.root / cls).iterdir()
                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                raise DataFormatError(self.root / cls, "identity folder has no .jpg/.jpeg/.png images",
+                raise DataFormatError(self.root / cls, "identity folder has no .jpg/.jpeg/.png images", field="images",
                                       fix="remove the empty folder or add its images; labels follow folder order")
             files.extend(found)
             labels.extend([label] * len(found))

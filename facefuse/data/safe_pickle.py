@@ -43,13 +43,15 @@ def safe_loads(data: bytes, source: PathLike | None = None, encoding: str = "byt
     ``encoding='bytes'`` keeps Python 2 ``str`` objects (how the insightface .bin files were
     written) as bytes, the same as insightface's ``pickle.load(f, encoding='bytes')``.
     """
+    stream = io.BytesIO(data)
     try:
-        return RestrictedUnpickler(io.BytesIO(data), source, encoding=encoding).load()
+        return RestrictedUnpickler(stream, source, encoding=encoding).load()
     except DataFormatError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
             AttributeError, OverflowError, MemoryError, UnicodeDecodeError) as exc:
         raise DataFormatError(source, f"truncated or corrupt pickle: {type(exc).__name__}: {exc}",
+                              field=f"pickle byte {stream.tell()} of {len(data)}",
                               fix="re-download or re-create the file") from exc
 
 

@@ -55,6 +55,17 @@ class ImageSource:
 
 def image_source(name: str, data_root: Path) -> ImageSource:
     """Returns the ImageSource of a registered dataset (verification .bin, IJB folder or train set)."""
+    from facefuse.data import dataset_path
+    from facefuse.errors import DataFormatError
+
+    source = _image_source(name, data_root)
+    if source.count == 0:  # the cache would fail later with a bare StopIteration
+        raise DataFormatError(dataset_path(name, data_root), f"dataset {name!r} has no images",
+                              field="images", fix="re-create or re-download the dataset")
+    return source
+
+
+def _image_source(name: str, data_root: Path) -> ImageSource:
     from facefuse.data import (RecordIODataset, ImageFolderDataset, dataset_path, get_dataset,
                                read_ijb, read_verification_bin)
 
