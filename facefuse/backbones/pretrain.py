@@ -52,7 +52,7 @@ class TinyRecipe:
     arch: str = "ir_nano"
     widths: Optional[tuple[int, int, int, int]] = None  # None: the arch's own
     num_features: Optional[int] = None
-    steps: int = 600
+    steps: int = 220
     batch_size: int = 64
     optimizer: str = "sgd"  # "sgd" (momentum) | "adamw"
     lr: float = 0.1
@@ -251,50 +251,67 @@ def train_tiny_backbone(images: np.ndarray, labels: np.ndarray, num_classes: int
                          "images_seen": recipe.steps * recipe.batch_size}
 
 
+def _train_and_save(data_root: str, out_dir: str, recipe: TinyRecipe, seed: int, threads: int,
+                    progress: bool) -> tuple[str, dict[str, Any]]:
+    """Returns (checkpoint path, metrics) after training one recipe; runs in its own process."""
+    from facefuse.data import load_train_set
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    train = load_train_set(TRAIN_SET, data_root)
+    images = train.images()  # uint8 [N, 112, 112, 3]: decoded once, trained on in memory
+    labels = np.asarray(train.labels, dtype=np.int64)
+    logger.info("%s: decoded %d training images of %d identities in %.1f s", recipe.name, len(images),
+                train.num_classes, time.perf_counter() - t0)
+    model, head, metrics = train_tiny_backbone(images, labels, train.num_classes, recipe, seed, progress)
+    path = Path(out_dir) / recipe.filename
+    if recipe.layout == "insightface":
+        save_insightface(model, path)
+    else:
+        save_adaface(model, path, head_state=head.state_dict())
+    metrics["num_classes"] = int(train.num_classes)
+    metrics["train_images"] = int(len(images))
+    return str(path), metrics
+
+
 def pretrain_tiny_backbones(data_root: PathLike, out_dir: PathLike, seed: int = 0,
                             recipes: Sequence[TinyRecipe] = RECIPES, threads: int = 2,
-                            progress: bool = True) -> dict[str, Any]:
+                            progress: bool = True, parallel: bool = True) -> dict[str, Any]:
     """Returns {"arcface": path, "adaface": path, "metrics": {...}} after training and saving both tiny backbones.
 
     The ArcFace one is written as out_dir/arcface_tiny/backbone.pth (insightface layout), the
     AdaFace one as out_dir/adaface_tiny/adaface_tiny.ckpt (AdaFace layout); out_dir/pretrain.json
-    records the recipes, metrics and checkpoint hashes.
+    records the recipes, metrics and checkpoint hashes. With ``parallel`` the recipes train at the
+    same time in separate processes of one thread each, which on two cores beats two threads for
+    one model after the other (0.98 s/step each side by side vs 0.60 s/step in turn, batch 64).
     """
-    from facefuse.data import load_train_set
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     out_dir = Path(out_dir)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        t0 = time.perf_counter()
-        train = load_train_set(TRAIN_SET, data_root)
-        images = train.images()  # uint8 [N, 112, 112, 3]: decoded once, trained on in memory
-        labels = np.asarray(train.labels, dtype=np.int64)
-        decode_seconds = time.perf_counter() - t0
-        logger.info("decoded %d training images of %d identities in %.1f s", len(images), train.num_classes,
-                    decode_seconds)
-        result: dict[str, Any] = {"metrics": {"decode_seconds": round(decode_seconds, 1)}}
-        summary: dict[str, Any] = {"seed": seed, "data_root": str(Path(data_root).resolve()),
-                                   "train_images": int(len(images)), "num_classes": int(train.num_classes),
-                                   "backbones": {}}
-        for recipe in recipes:
-            model, head, metrics = train_tiny_backbone(images, labels, train.num_classes, recipe, seed, progress)
-            path = out_dir / recipe.filename
-            if recipe.layout == "insightface":
-                save_insightface(model, path)
-            else:
-                save_adaface(model, path, head_state=head.state_dict())
-            result[recipe.loss] = path
-            result["metrics"][recipe.name] = metrics
-            summary["backbones"][recipe.name] = {"path": str(path.resolve()), "sha256": checkpoint_hash(path),
-                                                 "recipe": asdict(recipe), "metrics": metrics}
-        result["metrics"]["total_seconds"] = round(time.perf_counter() - t0, 1)
-        summary["total_seconds"] = result["metrics"]["total_seconds"]
-        with atomic_write(out_dir / SUMMARY, "w") as fh:
-            json.dump(summary, fh, indent=1, sort_keys=True)
-        return result
-    finally:
-        torch.set_num_threads(previous_threads)
+    t0 = time.perf_counter()
+    summary: dict[str, Any] = {"seed": seed, "data_root": str(Path(data_root).resolve()), "backbones": {}}
+    result: dict[str, Any] = {"metrics": {}}
+    if parallel and len(recipes) > 1:
+        per = max(1, threads // len(recipes))
+        with ProcessPoolExecutor(len(recipes), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_and_save, str(data_root), str(out_dir), r, seed, per,
+                                   progress and i == 0) for i, r in enumerate(recipes)]
+            outputs = [f.result() for f in futures]
+    else:
+        outputs = [_train_and_save(str(data_root), str(out_dir), r, seed, threads, progress)
+                   for r in recipes]
+    for recipe, (path_str, metrics) in zip(recipes, outputs):
+        path = Path(path_str)
+        result[recipe.loss] = path
+        result["metrics"][recipe.name] = metrics
+        summary["backbones"][recipe.name] = {"path": str(path.resolve()), "sha256": checkpoint_hash(path),
+                                             "recipe": asdict(recipe), "metrics": metrics}
+    result["metrics"]["total_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["total_seconds"] = result["metrics"]["total_seconds"]
+    with atomic_write(out_dir / SUMMARY, "w") as fh:
+        json.dump(summary, fh, indent=1, sort_keys=True)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,8 +57,8 @@ class PairMaps:
 
     a: MapArray
     b: MapArray
-    a_flip: MapArray
-    b_flip: MapArray
+    a_flip: Optional[MapArray]  # None where mirrored maps were not needed (train sets without
+    b_flip: Optional[MapArray]  # flip augmentation); evaluation always has them
 
     def __len__(self) -> int:
         return len(self.a)
@@ -151,7 +151,7 @@ def checkpoint_hash_of(path: Path) -> str:
 
 def dataset_maps(name: str, data_root: Path, backbones: BackbonePair,
                  cache_root: Optional[Path], build: bool = True, batch_size: int = 256,
-                 progress: bool = True) -> PairMaps:
+                 progress: bool = True, flips: bool = True) -> PairMaps:
     """Returns both backbones' maps (original and flipped) for a dataset.
 
     With ``cache_root`` the maps come from the cache (built on a miss when ``build``); without
@@ -166,7 +166,7 @@ def dataset_maps(name: str, data_root: Path, backbones: BackbonePair,
 
     arrays: dict[tuple[str, bool], MapArray] = {}
     for which, ckpt in (("a", backbones.arcface), ("b", backbones.adaface)):
-        for flip in (False, True):
+        for flip in ((False, True) if flips else (False,)):
             if cache_root is None:
                 arrays[(which, flip)] = LiveMaps(_load_backbone_cached(str(ckpt)), source(), flip)
                 continue
@@ -182,15 +182,17 @@ def dataset_maps(name: str, data_root: Path, backbones: BackbonePair,
                 hit = cache.build(key, _load_backbone_cached(str(ckpt)), source(), batch_size,
                                   progress)
             arrays[(which, flip)] = hit
-    return PairMaps(arrays[("a", False)], arrays[("b", False)], arrays[("a", True)],
-                    arrays[("b", True)])
+    return PairMaps(arrays[("a", False)], arrays[("b", False)], arrays.get(("a", True)),
+                    arrays.get(("b", True)))
 
 
 def load_train_set(name: str, data_root: Path, backbones: BackbonePair,
-                   cache_root: Optional[Path], build: bool = True, progress: bool = True) -> TrainSet:
-    """Returns the training set's maps and labels."""
+                   cache_root: Optional[Path], build: bool = True, progress: bool = True,
+                   flips: bool = True) -> TrainSet:
+    """Returns the training set's maps and labels (mirrored maps only when ``flips``)."""
     meta = _dataset_meta(name, data_root, cache_root or Path(tempfile.gettempdir()) / "facefuse-meta")
-    maps = dataset_maps(name, data_root, backbones, cache_root, build, progress=progress)
+    maps = dataset_maps(name, data_root, backbones, cache_root, build, progress=progress,
+                        flips=flips)
     return TrainSet(name, maps, meta["labels"].astype(np.int64), int(meta["num_classes"]))
 
 

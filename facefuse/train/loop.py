@@ -175,7 +175,8 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
         rng = np.random.default_rng([cfg.seed, epoch])
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank)
         perm = rng.permutation(n)[rank * per_rank:(rank + 1) * per_rank]
-        flips = rng.random(n) < 0.5 if cfg.flip_augment else np.zeros(n, dtype=bool)
+        use_flips = cfg.flip_augment and train_set.maps.a_flip is not None
+        flips = rng.random(n) < 0.5 if use_flips else np.zeros(n, dtype=bool)
         flips = flips[rank * per_rank:(rank + 1) * per_rank]
         net.train()
         t_data = t_model = 0.0

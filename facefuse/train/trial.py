@@ -148,7 +148,8 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
     backbones = BackbonePair(Path(ctx.arcface_checkpoint), Path(ctx.adaface_checkpoint))
     cache = Path(ctx.cache_dir) if ctx.cache_dir else None
     data_root = Path(ctx.data_root)
-    train_set = load_train_set(ctx.train_dataset, data_root, backbones, cache, progress=False)
+    train_set = load_train_set(ctx.train_dataset, data_root, backbones, cache, progress=False,
+                               flips=tcfg.flip_augment)
     eval_sets = load_eval_sets(ctx.eval_datasets, data_root, backbones, cache, progress=False)
     torch.manual_seed(tcfg.seed)
     model = build_model(model_over, train_set)
