@@ -13,7 +13,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from PIL import Image
 
-from tests.sweep.conftest import ray_session  # noqa: F401 - the sweep tests' Ray fixture
 from facefuse.report import (add_report_args, format_report, make_report, run_report,
                              sweep_importances)
 
@@ -188,7 +187,7 @@ def test_importances_without_a_logged_space_infer_distributions(store: dict) -> 
 
 
 @pytest.mark.slow
-def test_reads_what_a_real_sweep_writes(ray_session, tmp_path: Path) -> None:
+def test_reads_what_a_real_sweep_writes(ray_local, tmp_path: Path) -> None:
     """The readers against runs written by facefuse.sweep itself (self-test trainable)."""
     from facefuse.ablation import ablation_param_space, collect_ablation_rows
     from facefuse.selection import select_beta

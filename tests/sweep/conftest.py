@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,24 +13,9 @@ SELFTEST = "facefuse.sweep.selftest.quadratic_trainable"
 
 
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Starts one 2-CPU local Ray for the session (HOME moved so its auth token stays here)."""
-    import ray
-
-    if ray.is_initialized():  # another test package started one: share it
-        yield
-        return
-    home = tmp_path_factory.mktemp("home")
-    old_home = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if old_home is not None:
-            os.environ["HOME"] = old_home
+def ray_session(ray_local: None) -> Iterator[None]:
+    """The session's local Ray (tests/conftest.py: 2 CPUs, HOME moved so its token stays here)."""
+    yield
 
 
 def write_job(tmp: Path, name: str = "t", **overrides: Any) -> Path:
