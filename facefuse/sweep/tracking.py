@@ -379,9 +379,11 @@ class MlflowTrackingCallback(Callback):
         if entry and entry.get("run_id"):
             if reopen:
                 client.update_run(entry["run_id"], status="RUNNING")
+            self._sync_last_step(trial_id, entry["run_id"])
             return entry["run_id"]
         parent = self._ensure_parent()
         run_id = self._find_run(KIND_TRIAL, trial_id)
+        created = run_id is None
         if run_id is None:
             all_tags = {"mlflow.parentRunId": parent, "facefuse.kind": KIND_TRIAL,
                         "facefuse.sweep_id": self.sweep_id, "facefuse.trial_id": trial_id,
@@ -393,14 +395,33 @@ class MlflowTrackingCallback(Callback):
             for i in range(0, len(items), 100):
                 client.log_batch(run_id, params=items[i:i + 100])
             logger.debug("created MLflow run %s for trial %s", run_id, trial_id)
-        else:
+        reused = run_id is not None and not created
+        if reused:
             logger.info("reusing MLflow run %s for trial %s", run_id, trial_id)
             if reopen:
                 client.update_run(run_id, status="RUNNING")
             client.log_batch(run_id, tags=[RunTag("facefuse.trial_id", trial_id)])
-        trials[trial_id] = {"run_id": run_id, "last_step": trials.get(trial_id, {}).get("last_step", 0)}
+        trials[trial_id] = {"run_id": run_id,
+                            "last_step": int(trials.get(trial_id, {}).get("last_step", 0))}
+        if reused:
+            self._sync_last_step(trial_id, run_id)
         self._save_map()
         return run_id
+
+    def _sync_last_step(self, trial_id: str, run_id: str) -> None:
+        """Raises the trial's last logged step to what the store holds (once per process).
+
+        A driver killed between ``log_batch`` and saving the map would otherwise log that epoch
+        a second time after the resume; the store itself knows the last step it has.
+        """
+        synced = self.__dict__.setdefault("_synced_trials", set())
+        if trial_id in synced:
+            return
+        history = self.client().get_metric_history(run_id, "epoch")
+        entry = self._map["trials"][trial_id]
+        entry["last_step"] = max([int(entry.get("last_step", 0)), *(int(m.step) for m in history)])
+        synced.add(trial_id)
+        self._save_map()
 
     def _run_for(self, trial_id: Optional[str]) -> str:
         if trial_id is None:
