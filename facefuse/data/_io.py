@@ -9,7 +9,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Iterator, Optional, Sequence, Union
+from typing import Callable, IO, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -26,6 +26,18 @@ IMAGE_SIZE = 112
 def default_workers() -> int:
     """Returns the thread count for batch image work: decoders release the GIL, so threads scale."""
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def run_each(work: Callable[[int], None], n: int, workers: Optional[int] = None,
+             min_parallel: int = 8) -> None:
+    """Calls ``work(j)`` for j in 0..n-1, on a thread pool when the batch is big enough."""
+    workers = workers or default_workers()
+    if workers == 1 or n < min_parallel:
+        for j in range(n):
+            work(j)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, range(n)))
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from facefuse.data._io import atomic_write, default_workers, encode_image
+from facefuse.data._io import atomic_write, default_workers, encode_image, run_each
 from facefuse.data.align import align_face
 from facefuse.errors import DataFormatError
 
@@ -132,13 +132,7 @@ class IJBSet:
         def work(j: int) -> None:
             out[j] = self.aligned_image(int(idx[j]), size)
 
-        workers = workers or default_workers()
-        if workers == 1 or idx.size < 4:
-            for j in range(idx.size):
-                work(j)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(work, range(idx.size)))
+        run_each(work, idx.size, workers, min_parallel=4)
         return out
 
 

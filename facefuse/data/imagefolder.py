@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from facefuse.data._io import IMAGE_SIZE, decode_image, default_workers
+from facefuse.data._io import IMAGE_SIZE, decode_image, run_each
 from facefuse.errors import DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -69,13 +68,7 @@ class ImageFolderDataset:
             i = int(idx[j])
             out[j] = decode_image(self._read(i), self.files[i], "image", self.image_size)
 
-        workers = default_workers()
-        if workers == 1 or idx.size < 8:
-            for j in range(idx.size):
-                work(j)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(work, range(idx.size)))
+        run_each(work, idx.size)
         return out
 
     def __repr__(self) -> str:
