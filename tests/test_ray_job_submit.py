@@ -55,8 +55,14 @@ def head(tmp_path: Path) -> Iterator[dict[str, str]]:
                            capture_output=True, text=True, timeout=120)
     assert token.returncode == 0, token.stderr
     gcs, dash = _free_port(), _free_port()
+    # Every port a head opens is chosen free here: the defaults (dashboard agent 52365, Ray
+    # client 10001, ...) are taken by any other Ray on the machine, including the ray.init()
+    # of this very test session, and a head whose job agent cannot bind never accepts a job.
+    ports = [f"--{name}={_free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "ray-client-server-port")]
     cmd = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", *ports, "--num-cpus=2",
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
