@@ -15,13 +15,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from facefuse.features.extract import PREPROCESSING, ImageSource, batched_maps
+from facefuse.features.extract import PREPROCESSING, ImageSource, extract_maps
 
 logger = logging.getLogger(__name__)
 
@@ -97,52 +97,82 @@ class FeatureCache:
         return arr
 
     def build(self, key: CacheKey, backbone: torch.nn.Module, source: ImageSource,
-              batch_size: int = 256, progress: bool = True) -> np.memmap:
+              batch_size: int = 64, progress: bool = True) -> np.memmap:
         """Returns the entry after computing it from the backbone and writing it atomically."""
-        array_path, meta_path = self.paths(key)
-        array_path.parent.mkdir(parents=True, exist_ok=True)
-        meta_path.unlink(missing_ok=True)  # an old sidecar must never vouch for a new array
+        return self.build_many([(key, backbone)], source, batch_size, progress)[0]
+
+    def build_many(self, entries: Sequence[tuple[CacheKey, torch.nn.Module]], source: ImageSource,
+                   batch_size: int = 64, progress: bool = True) -> list[np.memmap]:
+        """Returns the entries after computing all of them in one pass over the source's images.
+
+        Each batch of images is read (decoded, aligned) once and run through every (backbone,
+        flip) the entries name. Every array is written under a temporary name and renamed, its
+        sidecar written last; on any error no entry of this call is left looking complete.
+        """
+        if not entries:
+            return []
+        if len({key.dataset for key, _ in entries}) != 1 or entries[0][0].dataset != source.name:
+            raise ValueError(f"build_many needs entries of the one dataset {source.name!r}, got "
+                             f"{sorted({key.dataset for key, _ in entries})}")
         started = time.perf_counter()
-        probe = next(batched_maps(backbone, ImageSource(source.name, min(source.count, 1),
-                                                        source.read), key.flip, 1))[1]
-        shape = (source.count,) + tuple(probe.shape[1:])
-        fd, tmp_name = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.stem}.",
-                                        suffix=".npy.tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' trials on the node read it too
+        first = source.read(np.arange(min(source.count, 1)))
+        targets: list[tuple[CacheKey, torch.nn.Module, Path, Path, Path, Any]] = []
         try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-            bar = tqdm(total=source.count, desc=f"{key.dataset} {key.stem()[:8]} {'flip' if key.flip else 'orig'}",
-                       unit="img", disable=not progress, leave=False)
-            for start, maps in batched_maps(backbone, source, key.flip, batch_size):
-                out[start:start + len(maps)] = maps
-                bar.update(len(maps))
+            for key, backbone in entries:
+                array_path, meta_path = self.paths(key)
+                array_path.parent.mkdir(parents=True, exist_ok=True)
+                meta_path.unlink(missing_ok=True)  # an old sidecar must never vouch for a new array
+                probe = extract_maps(backbone, first, flip=key.flip)
+                shape = (source.count,) + tuple(probe.shape[1:])
+                fd, tmp_name = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.stem}.",
+                                                suffix=".npy.tmp")
+                os.close(fd)
+                tmp = Path(tmp_name)
+                os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' trials on the node read it too
+                targets.append((key, backbone, array_path, meta_path, tmp,
+                                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)))
+            sides = ", ".join(f"{k.stem()[:8]} {'flip' if k.flip else 'orig'}" for k, *_ in targets)
+            bar = tqdm(total=source.count, desc=f"{source.name} [{sides}]", unit="img",
+                       disable=not progress, leave=False)
+            for start, images in source.batches(batch_size):
+                for key, backbone, *_, out in targets:
+                    out[start:start + len(images)] = extract_maps(backbone, images, flip=key.flip)
+                bar.update(len(images))
             bar.close()
-            out.flush()
-            del out
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, array_path)
+            for i, (key, backbone, array_path, meta_path, tmp, out) in enumerate(targets):
+                out.flush()
+                targets[i] = (key, backbone, array_path, meta_path, tmp, None)
+                del out
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            for *_, tmp, _out in targets:
+                tmp.unlink(missing_ok=True)
             raise
-        meta = {
-            "format": FORMAT_VERSION,
-            "key": asdict(key),
-            "shape": list(shape),
-            "dtype": "float16",
-            "nbytes": array_path.stat().st_size,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        _atomic_write_text(meta_path, json.dumps(meta, indent=1))
-        logger.info("cached %s (%s) in %.1fs", array_path, shape, meta["seconds"])
-        result = self.get(key)
-        assert result is not None, f"cache entry {array_path} failed its own validation"
-        return result
+        seconds = round(time.perf_counter() - started, 3)
+        results = []
+        for key, _, array_path, meta_path, tmp, _out in targets:
+            os.replace(tmp, array_path)
+            shape = np.load(array_path, mmap_mode="r").shape
+            meta = {
+                "format": FORMAT_VERSION,
+                "key": asdict(key),
+                "shape": list(shape),
+                "dtype": "float16",
+                "nbytes": array_path.stat().st_size,
+                "seconds": seconds,  # the whole pass, shared by the entries built together
+                "built_with": len(targets),
+            }
+            _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+            logger.info("cached %s (%s); %d entr%s in %.1fs", array_path, shape, len(targets),
+                        "y" if len(targets) == 1 else "ies", seconds)
+            result = self.get(key)
+            assert result is not None, f"cache entry {array_path} failed its own validation"
+            results.append(result)
+        return results
 
     def get_or_build(self, key: CacheKey, backbone_loader, source_loader,
-                     batch_size: int = 256, progress: bool = True) -> np.memmap:
+                     batch_size: int = 64, progress: bool = True) -> np.memmap:
         """Returns the entry, building it first when it is missing or incomplete.
 
         ``backbone_loader`` and ``source_loader`` are called only on a miss, so a warm cache

@@ -131,10 +131,14 @@ def _dataset_meta(name: str, data_root: Path, cache_root: Path) -> dict[str, np.
 
 @lru_cache(maxsize=8)
 def _load_backbone_cached(path: str) -> torch.nn.Module:
-    """Returns a frozen backbone, on the GPU when this process has one (workers on GPU nodes)."""
+    """Returns a frozen backbone ready for extraction: on the GPU when this process has one
+    (workers on GPU nodes), else channels-last on the CPU (faster at these widths)."""
     from facefuse.backbones import load_backbone
     model = load_backbone(path)
-    return model.to("cuda") if torch.cuda.is_available() else model
+    if torch.cuda.is_available():
+        return model.to("cuda")
+    prepare = getattr(model, "prepare_channels_last_inference", None)
+    return prepare() if prepare is not None else model
 
 
 @lru_cache(maxsize=16)
@@ -150,7 +154,7 @@ def checkpoint_hash_of(path: Path) -> str:
 
 
 def dataset_maps(name: str, data_root: Path, backbones: BackbonePair,
-                 cache_root: Optional[Path], build: bool = True, batch_size: int = 256,
+                 cache_root: Optional[Path], build: bool = True, batch_size: int = 64,
                  progress: bool = True, flips: bool = True) -> PairMaps:
     """Returns both backbones' maps (original and flipped) for a dataset.
 
@@ -165,23 +169,31 @@ def dataset_maps(name: str, data_root: Path, backbones: BackbonePair,
         return sources["s"]
 
     arrays: dict[tuple[str, bool], MapArray] = {}
+    missing: list[tuple[tuple[str, bool], CacheKey, Path]] = []
     for which, ckpt in (("a", backbones.arcface), ("b", backbones.adaface)):
         for flip in ((False, True) if flips else (False,)):
             if cache_root is None:
                 arrays[(which, flip)] = LiveMaps(_load_backbone_cached(str(ckpt)), source(), flip)
                 continue
-            cache = FeatureCache(cache_root)
             key = CacheKey(checkpoint_hash_of(ckpt), name, PREPROCESSING, flip)
-            hit = cache.get(key)
+            hit = FeatureCache(cache_root).get(key)
             if hit is None:
-                if not build:
-                    raise FileNotFoundError(
-                        f"feature cache entry for {name} ({'flip' if flip else 'orig'}, "
-                        f"{Path(ckpt).name}) is missing under {cache_root}; run "
-                        "`python -m platform.prepare cache JOB.yaml` first")
-                hit = cache.build(key, _load_backbone_cached(str(ckpt)), source(), batch_size,
-                                  progress)
-            arrays[(which, flip)] = hit
+                missing.append(((which, flip), key, Path(ckpt)))
+            else:
+                arrays[(which, flip)] = hit
+    if missing:
+        if not build:
+            (_, flip), _, ckpt = missing[0]
+            raise FileNotFoundError(
+                f"feature cache entry for {name} ({'flip' if flip else 'orig'}, "
+                f"{ckpt.name}) is missing under {cache_root}; run "
+                "`python -m platform.prepare cache JOB.yaml` first")
+        # one pass over the images for every missing (backbone, flip): each batch is decoded once
+        built = FeatureCache(cache_root).build_many(
+            [(key, _load_backbone_cached(str(ckpt))) for _, key, ckpt in missing], source(),
+            batch_size, progress)
+        for (slot, _, _), arr in zip(missing, built):
+            arrays[slot] = arr
     return PairMaps(arrays[("a", False)], arrays[("b", False)], arrays.get(("a", True)),
                     arrays.get(("b", True)))
 

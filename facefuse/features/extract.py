@@ -35,7 +35,7 @@ def extract_maps(backbone: torch.nn.Module, images: np.ndarray, flip: bool = Fal
     x = to_input(images, flip=flip).to(device)
     fmap = backbone.forward_features(x)
     # fp16 is what the cache stores; rounding here too keeps on-the-fly maps bit-identical.
-    return fmap.to(torch.float16).cpu().numpy()
+    return fmap.to(torch.float16).contiguous().cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _image_source(name: str, data_root: Path) -> ImageSource:
 
 
 def batched_maps(backbone: torch.nn.Module, source: ImageSource, flip: bool,
-                 batch_size: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+                 batch_size: int = 64) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (start offset, float16 maps) for every batch of a dataset."""
     for start, images in source.batches(batch_size):
         yield start, extract_maps(backbone, images, flip=flip)

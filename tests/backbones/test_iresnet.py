@@ -53,3 +53,25 @@ def test_bad_names_and_shapes_are_config_errors():
         get_model("r18", layout="mxnet")
     with pytest.raises(ConfigError, match="widths"):
         get_model("ir_tiny", widths=(16, 16, 32, 64))
+
+
+@pytest.mark.parametrize("layout", ["insightface", "adaface"])
+def test_channels_last_inference_matches_the_default_path_and_keeps_grad_path_contiguous(layout):
+    torch.manual_seed(0)
+    model = get_model("ir_nano", layout=layout).eval()
+    x = torch.rand(5, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        ref = model.forward_features(x)
+    fast = model.prepare_channels_last_inference()
+    assert fast is model and not model.training
+    with torch.no_grad():
+        out = model.forward_features(x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2))
+    assert out.is_contiguous() and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    # with grad enabled the input goes in contiguous (torch 2.13 CPU conv backward on
+    # channels-last input at small widths is the case forward_features must avoid)
+    seen = []
+    handle = model.conv1.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
+    model.forward_features(x.requires_grad_(True)).sum().backward()
+    handle.remove()
+    assert seen == [True]

@@ -93,6 +93,36 @@ def test_failure_while_writing_leaves_no_entry_and_no_temp_files(tmp_path: Path)
     assert list((tmp_path / "toy").iterdir()) == []
 
 
+def test_one_pass_build_of_several_entries_equals_building_each(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    other = ConvNet()
+    with torch.no_grad():
+        other.conv.weight.mul_(-0.5)
+    src = _source(n=11)
+    keys = [KEY, CacheKey(KEY.checkpoint_hash, "toy", KEY.preprocessing, True),
+            CacheKey("cd" * 32, "toy", KEY.preprocessing, True)]
+    nets = [ConvNet(), ConvNet(), other]
+    together = FeatureCache(tmp_path / "a").build_many(list(zip(keys, nets)), src, batch_size=4,
+                                                       progress=False)
+    alone = [FeatureCache(tmp_path / "b").build(k, n, src, batch_size=5, progress=False)
+             for k, n in zip(keys, nets)]
+    for t, a in zip(together, alone):
+        np.testing.assert_array_equal(np.asarray(t), np.asarray(a))
+    assert not np.array_equal(np.asarray(together[1]), np.asarray(together[2]))
+    with pytest.raises(ValueError, match="one dataset"):
+        FeatureCache(tmp_path / "c").build_many([(CacheKey("ab" * 32, "other"), nets[0])], src)
+
+
+def test_failure_in_a_one_pass_build_leaves_none_of_its_entries(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    keys = [KEY, CacheKey(KEY.checkpoint_hash, "toy", KEY.preprocessing, True)]
+    with pytest.raises(RuntimeError, match="disk went away"):
+        cache.build_many([(k, ConvNet()) for k in keys], _source(fail_at=7), batch_size=3,
+                         progress=False)
+    assert all(cache.get(k) is None for k in keys)
+    assert list((tmp_path / "toy").iterdir()) == []
+
+
 def test_process_killed_mid_write_leaves_nothing_that_reads_as_complete(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys, time, numpy as np, torch
