@@ -67,13 +67,18 @@ class TinyRecipe:
     # with only a few thousand images, the full margin at step 0 keeps the target logit below the
     # others and training stalls (seen: s=64, m=0.5, 170 steps, train accuracy 0, loss 50 -> 40).
     margin_warmup: float = 0.5
-    aug_prob: float = 0.2  # AdaFace augmentation: probability of each of crop, low-res, photometric
+    aug_prob: float = 0.2  # AdaFace augmentation: probability of each of aug_ops per image
+    aug_ops: tuple[str, ...] = ("crop", "lowres", "photometric")  # which of AdaFace's three to use
 
 
 ARCFACE_TINY = TinyRecipe(name="arcface_tiny", loss="arcface", layout="insightface",
                           filename="arcface_tiny/backbone.pth", seed_offset=0, augment="flip", margin=0.5)
+# AdaFace's quality-degrading augmentations (low resolution, photometric) without its crop: at
+# 220 steps the crop (up to 80% of the face zeroed) costs the tiny net 5 points on synth_lfw, and
+# the norm statistics need a faster EMA than the 0.01 of a 100k-step run (benchmarks/README.md).
 ADAFACE_TINY = TinyRecipe(name="adaface_tiny", loss="adaface", layout="adaface",
-                          filename="adaface_tiny/adaface_tiny.ckpt", seed_offset=1, augment="adaface", margin=0.4)
+                          filename="adaface_tiny/adaface_tiny.ckpt", seed_offset=1, augment="adaface",
+                          margin=0.4, aug_ops=("lowres", "photometric"), t_alpha=0.05)
 RECIPES = (ARCFACE_TINY, ADAFACE_TINY)
 
 
@@ -133,12 +138,27 @@ def _photometric(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return img
 
 
-def augment_batch(images: np.ndarray, kind: str, gen: torch.Generator, prob: float = 0.2) -> torch.Tensor:
-    """Returns the augmented batch as float NCHW in [-1, 1] from uint8 [B, 112, 112, 3] RGB."""
+AUG_OPS = ("crop", "lowres", "photometric")
+
+
+def augment_batch(images: np.ndarray, kind: str, gen: torch.Generator, prob: float = 0.2,
+                  ops: Sequence[str] = AUG_OPS) -> torch.Tensor:
+    """Returns the augmented batch as float NCHW in [-1, 1] from uint8 [B, 112, 112, 3] RGB.
+
+    ``kind`` "adaface" applies each of ``ops`` (AdaFace's crop, low-resolution and photometric
+    augmentations, in that order) to an image with probability ``prob``, after a random flip.
+    """
+    unknown = sorted(set(ops) - set(AUG_OPS))
+    if unknown:
+        raise ConfigError(None, f"unknown augmentation op(s) {unknown}", field="aug_ops",
+                          fix=f"use a subset of {', '.join(AUG_OPS)}")
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().contiguous()  # [B,H,W,3]->[B,3,H,W]
     x = _flip(x, gen)
     if kind == "adaface":
         draws = torch.rand(x.shape[0], 3, generator=gen) < prob
+        for j, op in enumerate(AUG_OPS):  # an op left out is never drawn
+            if op not in ops:
+                draws[:, j] = False
         for i in torch.nonzero(draws.any(1)).flatten().tolist():
             img = x[i]
             if draws[i, 0]:
@@ -215,7 +235,7 @@ def train_tiny_backbone(images: np.ndarray, labels: np.ndarray, num_classes: int
     bar = tqdm(range(recipe.steps), desc=recipe.name, unit="step", disable=not progress)
     for step in bar:
         idx = next(batches)
-        x = augment_batch(images[idx], recipe.augment, gen, recipe.aug_prob)
+        x = augment_batch(images[idx], recipe.augment, gen, recipe.aug_prob, recipe.aug_ops)
         y = labels_t[idx]
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, recipe)

@@ -46,6 +46,24 @@ def test_augmentations_keep_shape_and_range_and_differ():
     assert not any(torch.equal(ada[i], plain[i]) or torch.equal(ada[i], mirrored[i]) for i in range(len(images)))
 
 
+def test_adaface_augmentation_applies_only_the_chosen_ops():
+    import pytest
+
+    from facefuse.errors import ConfigError
+
+    images, _ = _toy_faces()
+    none = augment_batch(images, "adaface", torch.Generator().manual_seed(3), prob=1.0, ops=())
+    flip = augment_batch(images, "flip", torch.Generator().manual_seed(3))
+    assert torch.equal(none, flip)  # no op chosen: only the random flip
+    no_crop = augment_batch(images, "adaface", torch.Generator().manual_seed(3), prob=1.0,
+                            ops=("lowres", "photometric"))
+    # the crop zeroes a box's outside; without it the borders keep their (non-black) pixels
+    assert (no_crop[:, :, 0, :] > -1).any(dim=(1, 2)).all()
+    with pytest.raises(ConfigError, match="aug_ops"):
+        augment_batch(images, "adaface", torch.Generator(), ops=("cutout",))
+    assert set(ADAFACE_TINY.aug_ops) <= {"crop", "lowres", "photometric"}
+
+
 def test_training_reduces_the_loss_for_both_losses():
     images, labels = _toy_faces()
     for recipe in (ARCFACE_TINY, ADAFACE_TINY):
