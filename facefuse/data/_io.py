@@ -40,6 +40,17 @@ def run_each(work: Callable[[int], None], n: int, workers: Optional[int] = None,
         list(pool.map(work, range(n)))
 
 
+def _umask() -> int:
+    """Returns the process umask without changing it (Linux /proc; 0o022 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Yields a file object whose content appears at ``path`` only if the block completes.
@@ -51,6 +62,9 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; the finished file gets what open() would have given it, so
+        # other users' trials on a shared node can read datasets and checkpoints
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
