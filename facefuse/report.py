@@ -160,8 +160,9 @@ def plot_beta_tradeoff(curves: Sequence[dict[str, Any]], path: Path) -> Path:
         curve = c["curve"]
         betas = [s.beta for s in c["settings"]]
         means = [s.mean for s in c["settings"]]
-        ax.fill_between(curve.beta, curve.lower, curve.upper, color=colour, alpha=0.15,
-                        linewidth=0)
+        # accuracies and TARs live in [0, 1]; a band drawn past them only stretches the axis
+        ax.fill_between(curve.beta, np.clip(curve.lower, 0, 1), np.clip(curve.upper, 0, 1),
+                        color=colour, alpha=0.15, linewidth=0)
         ax.plot(curve.beta, curve.mean, color=colour,
                 label=f"{c['dataset']} ({c['quality']}), best beta ~ {c['curve_beta']:.2g}")
         ax.scatter(betas, means, color=colour, s=14, alpha=0.7)
