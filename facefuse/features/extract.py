@@ -86,13 +86,6 @@ def _image_source(name: str, data_root: Path) -> ImageSource:
     raise ValueError(f"dataset {name!r} has unknown kind {spec.kind!r}")
 
 
-def batched_maps(backbone: torch.nn.Module, source: ImageSource, flip: bool,
-                 batch_size: int = 64) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields (start offset, float16 maps) for every batch of a dataset."""
-    for start, images in source.batches(batch_size):
-        yield start, extract_maps(backbone, images, flip=flip)
-
-
 def maps_for_indices(backbone: torch.nn.Module, source: ImageSource, indices: Sequence[int],
                      flip: bool) -> np.ndarray:
     """Returns float16 maps for arbitrary indices (the on-the-fly data path)."""
