@@ -73,15 +73,21 @@ class SweepResult:
 
 
 # --------------------------------------------------------------------------- helpers
-def sweep_id_for(job: JobSpec, trainable_name: str = DEFAULT_TRAINABLE) -> str:
+def sweep_id_for(job: JobSpec, trainable_name: str = DEFAULT_TRAINABLE,
+                 param_space: Optional[dict[str, Any]] = None) -> str:
     """Returns the deterministic sweep id: job name + 10 hex digits of the job's identity hash.
 
     A trainable other than the default (the self-test) gets its own id, so that a self-test run
-    of a job is never resumed as that job's real sweep.
+    of a job is never resumed as that job's real sweep; so does every distinct ``param_space``
+    (an ablation grid), so that the same job run with other seeds, betas or variants is a new
+    sweep rather than a resume of the first grid.
     """
     digest = job.identity_hash()
     if trainable_name != DEFAULT_TRAINABLE:
         digest = hashlib.sha256(f"{digest}:{trainable_name}".encode()).hexdigest()
+    if param_space is not None:
+        space = json.dumps(param_space, sort_keys=True, default=repr)
+        digest = hashlib.sha256(f"{digest}:{space}".encode()).hexdigest()
     return f"{job.name}-{digest[:10]}"
 
 
@@ -213,8 +219,9 @@ def _local_storage(job: JobSpec) -> bool:
     return "://" not in str(job.storage)
 
 
-def _choose_sweep_id(job: JobSpec, resume: bool, trainable_name: str) -> str:
-    base = sweep_id_for(job, trainable_name)
+def _choose_sweep_id(job: JobSpec, resume: bool, trainable_name: str,
+                     param_space: Optional[dict[str, Any]] = None) -> str:
+    base = sweep_id_for(job, trainable_name, param_space)
     if resume or not _local_storage(job):
         return base
     sweep_id, n = base, 1
@@ -360,7 +367,7 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     fn = resolve_trainable(trainable)
     context = trial_context(job)
 
-    sweep_id = _choose_sweep_id(job, resume, _trainable_name(fn))
+    sweep_id = _choose_sweep_id(job, resume, _trainable_name(fn), param_space)
     state_dir = _state_dir(job, sweep_id)
     experiment_path = (str(Path(job.storage) / sweep_id) if _local_storage(job)
                        else f"{str(job.storage).rstrip('/')}/{sweep_id}")

@@ -185,6 +185,20 @@ def test_self_test_sweeps_get_their_own_id(tmp_path: Path) -> None:
     assert sweep_id_for(job, "facefuse.sweep.selftest.quadratic_trainable") != real
 
 
+def test_each_ablation_grid_is_its_own_sweep(tmp_path: Path) -> None:
+    # the same job run with --seeds 1 after --seeds 0 must be a new grid, not a resume of the first
+    from facefuse.ablation import ablation_param_space
+    from facefuse.sweep.tuner import sweep_id_for
+
+    job = parse_job(_raw(tmp_path))
+    seed0 = sweep_id_for(job, param_space=ablation_param_space(["full"], [0.1], [0]))
+    again = sweep_id_for(job, param_space=ablation_param_space(["full"], [0.1], [0]))
+    seed1 = sweep_id_for(job, param_space=ablation_param_space(["full"], [0.1], [1]))
+    other_beta = sweep_id_for(job, param_space=ablation_param_space(["full"], [1.0], [0]))
+    assert seed0 == again
+    assert len({seed0, seed1, other_beta, sweep_id_for(job)}) == 4
+
+
 def test_default_trainable_is_recognised_by_identity() -> None:
     from facefuse.sweep.tuner import DEFAULT_TRAINABLE, _trainable_name, resolve_trainable
 
