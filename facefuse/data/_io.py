@@ -68,6 +68,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename makes it visible under its name
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

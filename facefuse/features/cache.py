@@ -15,12 +15,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from facefuse.data._io import _umask, atomic_write
 from facefuse.features.extract import PREPROCESSING, ImageSource, extract_maps
 
 logger = logging.getLogger(__name__)
@@ -41,20 +42,6 @@ class CacheKey:
         """Returns the entry's file stem inside its dataset folder."""
         side = "flip" if self.flip else "orig"
         return f"{self.checkpoint_hash[:16]}_{self.preprocessing}_{side}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FeatureCache:
@@ -116,44 +103,47 @@ class FeatureCache:
                              f"{sorted({key.dataset for key, _ in entries})}")
         started = time.perf_counter()
         first = source.read(np.arange(min(source.count, 1)))
-        targets: list[tuple[CacheKey, torch.nn.Module, Path, Path, Path, Any]] = []
+        temps: list[Path] = []
+        outs: list[np.memmap] = []
         try:
             for key, backbone in entries:
                 array_path, meta_path = self.paths(key)
                 array_path.parent.mkdir(parents=True, exist_ok=True)
                 meta_path.unlink(missing_ok=True)  # an old sidecar must never vouch for a new array
-                probe = extract_maps(backbone, first, flip=key.flip)
-                shape = (source.count,) + tuple(probe.shape[1:])
+                shape = (source.count,) + extract_maps(backbone, first, flip=key.flip).shape[1:]
                 fd, tmp_name = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.stem}.",
                                                 suffix=".npy.tmp")
                 os.close(fd)
-                tmp = Path(tmp_name)
-                os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' trials on the node read it too
-                targets.append((key, backbone, array_path, meta_path, tmp,
-                                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)))
-            sides = ", ".join(f"{k.stem()[:8]} {'flip' if k.flip else 'orig'}" for k, *_ in targets)
+                temps.append(Path(tmp_name))
+                # mkstemp makes 0600; other users' trials on the node read the cache too
+                os.chmod(tmp_name, 0o666 & ~_umask())
+                outs.append(np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.float16,
+                                                      shape=shape))
+            sides = ", ".join(f"{k.stem()[:8]} {'flip' if k.flip else 'orig'}" for k, _ in entries)
             bar = tqdm(total=source.count, desc=f"{source.name} [{sides}]", unit="img",
                        disable=not progress, leave=False)
             for start, images in source.batches(batch_size):
-                for key, backbone, *_, out in targets:
+                for (key, backbone), out in zip(entries, outs):
                     out[start:start + len(images)] = extract_maps(backbone, images, flip=key.flip)
                 bar.update(len(images))
             bar.close()
-            for i, (key, backbone, array_path, meta_path, tmp, out) in enumerate(targets):
+            shapes = [out.shape for out in outs]
+            for out in outs:
                 out.flush()
-                targets[i] = (key, backbone, array_path, meta_path, tmp, None)
-                del out
+            outs.clear()  # close the memmaps before the files are synced and renamed
+            for tmp in temps:
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())
         except BaseException:
-            for *_, tmp, _out in targets:
+            outs.clear()
+            for tmp in temps:
                 tmp.unlink(missing_ok=True)
             raise
         seconds = round(time.perf_counter() - started, 3)
         results = []
-        for key, _, array_path, meta_path, tmp, _out in targets:
+        for (key, _), tmp, shape in zip(entries, temps, shapes):
+            array_path, meta_path = self.paths(key)
             os.replace(tmp, array_path)
-            shape = np.load(array_path, mmap_mode="r").shape
             meta = {
                 "format": FORMAT_VERSION,
                 "key": asdict(key),
@@ -161,11 +151,12 @@ class FeatureCache:
                 "dtype": "float16",
                 "nbytes": array_path.stat().st_size,
                 "seconds": seconds,  # the whole pass, shared by the entries built together
-                "built_with": len(targets),
+                "built_with": len(entries),
             }
-            _atomic_write_text(meta_path, json.dumps(meta, indent=1))
-            logger.info("cached %s (%s); %d entr%s in %.1fs", array_path, shape, len(targets),
-                        "y" if len(targets) == 1 else "ies", seconds)
+            with atomic_write(meta_path, "w") as fh:  # the sidecar last: it vouches for the array
+                fh.write(json.dumps(meta, indent=1))
+            logger.info("cached %s (%s); %d entr%s in %.1fs", array_path, shape, len(entries),
+                        "y" if len(entries) == 1 else "ies", seconds)
             result = self.get(key)
             assert result is not None, f"cache entry {array_path} failed its own validation"
             results.append(result)

@@ -86,9 +86,25 @@ def sweep_id_for(job: JobSpec, trainable_name: str = DEFAULT_TRAINABLE,
     if trainable_name != DEFAULT_TRAINABLE:
         digest = hashlib.sha256(f"{digest}:{trainable_name}".encode()).hexdigest()
     if param_space is not None:
-        space = json.dumps(param_space, sort_keys=True, default=repr)
+        space = json.dumps(param_space, sort_keys=True, default=_stable_form)
         digest = hashlib.sha256(f"{digest}:{space}".encode()).hexdigest()
     return f"{job.name}-{digest[:10]}"
+
+
+def _stable_form(obj: Any) -> Any:
+    """Returns a JSON-able form of a param-space value that is the same in every process.
+
+    Tune's domains (tune.uniform, tune.choice, ...) have default reprs holding memory addresses;
+    their type and attributes (bounds, categories, sampler) identify them instead.
+    """
+    if callable(obj) and not hasattr(obj, "__dict__"):
+        return getattr(obj, "__qualname__", type(obj).__qualname__)
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is None:
+        return f"{type(obj).__qualname__}:{obj!r}"
+    if callable(obj) and hasattr(obj, "__qualname__"):  # functions, e.g. tune.sample_from(f)
+        return f"{obj.__module__}.{obj.__qualname__}"
+    return {"__type__": type(obj).__qualname__, **{k: v for k, v in sorted(attrs.items())}}
 
 
 def resolve_trainable(trainable: Optional[Trainable]) -> Callable[..., None]:

@@ -197,6 +197,14 @@ def test_each_ablation_grid_is_its_own_sweep(tmp_path: Path) -> None:
     other_beta = sweep_id_for(job, param_space=ablation_param_space(["full"], [1.0], [0]))
     assert seed0 == again
     assert len({seed0, seed1, other_beta, sweep_id_for(job)}) == 4
+    # Tune domains have address-bearing reprs; equal spaces must still give one id (resume)
+    from ray import tune
+
+    def space(high: float) -> dict:
+        return {"lr": tune.loguniform(1e-4, high), "heads": tune.choice([2, 4])}
+
+    assert sweep_id_for(job, param_space=space(1e-2)) == sweep_id_for(job, param_space=space(1e-2))
+    assert sweep_id_for(job, param_space=space(1e-2)) != sweep_id_for(job, param_space=space(1e-1))
 
 
 def test_default_trainable_is_recognised_by_identity() -> None:
