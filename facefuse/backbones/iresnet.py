@@ -163,10 +163,11 @@ class IResNet(nn.Module):
         """Returns the map after the final BatchNorm2d: [N, 3, 112, 112] -> [N, C, 7, 7]."""
         if self.input_bgr:
             x = x.flip(1)
-        # a permuted NHWC batch is channels-last strided; torch 2.13's CPU conv backward corrupts
-        # the heap on such input at small widths, so anything that may backpropagate gets a
-        # contiguous tensor; inference prepared by channels_last_inference() runs channels-last
-        fast = self.channels_last_inference and not torch.is_grad_enabled()
+        if self.channels_last_inference and torch.is_grad_enabled():
+            # a graph through channels-last weights can reach torch 2.13's CPU conv backward
+            # on channels-last tensors, which crashes the process (see the method's docstring)
+            self._leave_channels_last_inference()
+        fast = self.channels_last_inference
         x = x.contiguous(memory_format=torch.channels_last if fast else torch.contiguous_format)
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
@@ -174,17 +175,34 @@ class IResNet(nn.Module):
         return x.contiguous() if fast else x
 
     def prepare_channels_last_inference(self) -> "IResNet":
-        """Returns self in eval mode, weights channels-last, forward_features channels-last without grad.
+        """Returns self as a frozen, inference-only extractor: eval mode, parameters without
+        grad, weights channels-last.
 
         On CPU, mkldnn convolutions at this project's narrow widths run about 1.5-2x faster on
         channels-last tensors (benchmarks/README.md); outputs are NCHW-contiguous as before and
-        equal the default path to float rounding. Only for frozen feature extraction: with grad
-        enabled the forward falls back to contiguous input (see forward_features).
+        equal the default path to float rounding.
+
+        Why inference-only: torch 2.13's CPU convolution backward on channels-last weights
+        crashes the whole process (segmentation fault, no Python exception) at small widths on
+        some CPUs (seen on AMD EPYC with ir_nano; ir_tiny survives). Frozen parameters keep a
+        plain forward from building a graph, and a forward with grad enabled first converts the
+        weights back to the contiguous layout (with a warning), so no backward can ever run on
+        channels-last weights. Call it only on a backbone that is never trained again.
         """
         self.eval()
+        self.requires_grad_(False)
         self.to(memory_format=torch.channels_last)
         self.channels_last_inference = True
         return self
+
+    def _leave_channels_last_inference(self) -> None:
+        """Converts the weights back to the contiguous layout and ends channels-last inference."""
+        logger.warning("%s backbone prepared for channels-last inference was called with grad "
+                       "enabled: converting its weights back to the contiguous layout (a conv "
+                       "backward on channels-last weights can crash torch 2.13 on CPU); run "
+                       "extraction under torch.no_grad() to keep the faster layout", self.arch)
+        self.to(memory_format=torch.contiguous_format)
+        self.channels_last_inference = False
 
     def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
         """Returns the embedding [N, num_features] from the feature map [N, C, 7, 7]."""
