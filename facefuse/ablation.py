@@ -36,16 +36,10 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import pandas as pd
 
 from facefuse.errors import ConfigError
-from facefuse.selection import (
-    experiment_ids,
-    higher_is_better,
-    is_seed_param,
-    open_tracking,
-    resolve_tracking_uri,
-    run_params,
-    run_variant,
-    search_all_runs,
-)
+from facefuse.selection import higher_is_better, is_seed_param, run_params, run_variant
+from facefuse.tracking import schema as S
+from facefuse.tracking.store import (experiment_ids, open_tracking, resolve_tracking_uri,
+                                     search_all_runs)
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +134,7 @@ def ablation_param_space(variants: Optional[Sequence[str]] = None,
     """Returns a Tune param space: ``base`` plus one grid_search over the ablation configs.
 
     The trainable receives ``config[ABLATION_KEY]`` (one grid entry) and merges it over the
-    top level before building its model (``facefuse.sweep.tracking.flat_config``, which the
+    top level before building its model (``facefuse.tracking.schema.flat_config``, which the
     sweep's MLflow callback also uses, so the entry's keys are logged as plain params).
     """
     from ray import tune
@@ -168,15 +162,15 @@ def _dataset_order(datasets: Iterable[str]) -> list[str]:
 
 
 def _run_datasets(run: Any) -> list[str]:
-    tag = run.data.tags.get("facefuse.datasets", "")
-    if tag:
-        return [d.strip() for d in tag.split(",") if d.strip()]
+    tagged = [d.strip() for d in S.tag_list(run.data.tags.get(S.TAG_DATASETS)) if d.strip()]
+    if tagged:
+        return tagged
     return sorted({k.split("/", 1)[0] for k in run.data.metrics if "/" in k
                    and not k.startswith(("train/", "system/"))})
 
 
 def _run_seed(run: Any) -> Optional[int]:
-    raw = run.data.tags.get("facefuse.seed")
+    raw = run.data.tags.get(S.TAG_SEED)
     if raw is None:
         raw = next((v for k, v in run_params(run).items() if is_seed_param(k)), None)
     try:
@@ -207,7 +201,7 @@ def rows_from_runs(runs: Sequence[Any]) -> list[dict[str, Any]]:
             spec = DATASETS.get(dataset)
             if spec is None:
                 continue
-            key = f"{dataset}/{spec.primary_metric}"
+            key = S.metric_key(dataset, spec.primary_metric)
             if key not in run.data.metrics:
                 continue
             rows.append({"variant": variant, "beta": beta, "seed": _run_seed(run),
@@ -229,9 +223,9 @@ def collect_ablation_rows(tracking_uri: Optional[str], experiment: str,
     """
     client = open_tracking(tracking_uri)
     ids = experiment_ids(client, experiment)
-    filt = "tags.`facefuse.kind` = 'trial' and attributes.status = 'FINISHED'"
+    filt = S.FINISHED_TRIAL_FILTER
     if sweep_id is not None:
-        filt += f" and tags.`facefuse.sweep_id` = '{sweep_id}'"
+        filt += " and " + S.sweep_filter(sweep_id)
     return rows_from_runs(search_all_runs(client, ids, filt))
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from facefuse.embedded import embedded_paths, ensure_synth, ensure_tiny_backbones
+from facefuse.tracking import schema as S
+from facefuse.tracking.store import experiment_ids, open_tracking, search_all_runs
 
 logger = logging.getLogger(__name__)
 
@@ -66,29 +68,26 @@ def results_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def sweep_rows(tracking_uri: str, sweep_id: str, datasets: list[str]) -> list[dict[str, Any]]:
     """Returns one row per trial run of a sweep: status, key params, objective, primary metrics."""
-    from mlflow.tracking import MlflowClient
-
     from facefuse.data import get_dataset
 
-    client = MlflowClient(tracking_uri)
-    exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exps, f"tags.`facefuse.sweep_id` = '{sweep_id}' and "
-                                    "tags.`facefuse.kind` = 'trial'", max_results=5000)
+    client = open_tracking(tracking_uri)
+    runs = search_all_runs(client, experiment_ids(client), S.sweep_filter(sweep_id, S.KIND_TRIAL))
     rows = []
     for run in runs:
         p, m, t = run.data.params, run.data.metrics, run.data.tags
+        asha = "/asha" if S.is_true(t.get(S.TAG_STOPPED_BY_ASHA)) else ""
         row: dict[str, Any] = {
-            "trial": t.get("facefuse.trial_id", "")[-5:],
-            "status": run.info.status + ("/asha" if t.get("facefuse.stopped_by_asha") == "true" else ""),
-            "epochs": int(m["epoch"]) if "epoch" in m else None,
+            "trial": t.get(S.TAG_TRIAL_ID, "")[-5:],
+            "status": run.info.status + asha,
+            "epochs": int(m[S.METRIC_EPOCH]) if S.METRIC_EPOCH in m else None,
             "beta": float(p["beta"]) if "beta" in p else None,
         }
         for key in ("local_heads", "global_heads", "local_window", "dw_kernel", "lr"):
             if key in p:
                 row[key] = float(p[key]) if key == "lr" else p[key]
-        row["objective"] = m.get("objective")
+        row["objective"] = m.get(S.METRIC_OBJECTIVE)
         for ds in datasets:
-            row[ds] = m.get(f"{ds}/{get_dataset(ds).primary_metric}")
+            row[ds] = m.get(S.metric_key(ds, get_dataset(ds).primary_metric))
         rows.append(row)
     rows.sort(key=lambda r: -(r["objective"] if r["objective"] is not None else -1e9))
     return rows

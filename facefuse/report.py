@@ -33,20 +33,16 @@ from facefuse.ablation import QUALITY_ORDER, ablation_table, rows_from_runs, wri
 from facefuse.data._io import atomic_write
 from facefuse.selection import (
     EVAL_KINDS,
-    TRIAL_FILTER,
     collect_trials,
-    experiment_ids,
     fit_curve,
     group_settings,
     higher_is_better,
     is_seed_param,
-    open_tracking,
     run_params,
     run_variant,
-    search_all_runs,
-    _is_true,
-    _tracking_call,
 )
+from facefuse.tracking import schema as S
+from facefuse.tracking.store import experiment_ids, open_tracking, search_all_runs, tracking_call
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -102,7 +98,7 @@ def _evaluated_datasets(runs: Sequence["Run"]) -> list[str]:
 
     found: list[str] = []
     for run in runs:
-        for name in run.data.tags.get("facefuse.datasets", "").split(","):
+        for name in S.tag_list(run.data.tags.get(S.TAG_DATASETS)):
             name = name.strip()
             if name and name not in found:
                 found.append(name)
@@ -195,7 +191,7 @@ def _find_artifact(client: "MlflowClient", run_id: str, name: str) -> Optional[s
     while queue and seen < 6:
         folder = queue.pop(0)
         seen += 1
-        for entry in _tracking_call("listing artifacts", client.list_artifacts, run_id,
+        for entry in tracking_call("listing artifacts", client.list_artifacts, run_id,
                                     folder or None):
             if entry.is_dir:
                 queue.append(entry.path)
@@ -212,16 +208,16 @@ def _roc_of_best_trials(client: "MlflowClient", runs: Sequence["Run"], datasets:
     for dataset in datasets:
         if DATASETS[dataset].kind != "ijb":
             continue
-        key = f"{dataset}/{DATASETS[dataset].primary_metric}"
+        key = S.metric_key(dataset, DATASETS[dataset].primary_metric)
         cands = [r for r in runs if key in r.data.metrics and run_variant(r) in ("", "full")]
-        if any(_is_true(r.data.tags.get("facefuse.full_budget")) for r in cands):
-            cands = [r for r in cands if _is_true(r.data.tags.get("facefuse.full_budget"))]
+        if any(S.is_true(r.data.tags.get(S.TAG_FULL_BUDGET)) for r in cands):
+            cands = [r for r in cands if S.is_true(r.data.tags.get(S.TAG_FULL_BUDGET))]
         cands.sort(key=lambda r: r.data.metrics[key], reverse=higher_is_better(key))
         for run in cands:
             path = _find_artifact(client, run.info.run_id, f"roc_{dataset}.npz")
             if path is None:
                 continue
-            local = _tracking_call("downloading a ROC file", client.download_artifacts,
+            local = tracking_call("downloading a ROC file", client.download_artifacts,
                                    run.info.run_id, path, str(tmp))
             with np.load(local, allow_pickle=False) as npz:
                 fpr, tpr = np.asarray(npz["fpr"], float), np.asarray(npz["tpr"], float)
@@ -271,7 +267,7 @@ def _objective_of(run: "Run") -> Optional[float]:
 
     if "objective" in run.data.metrics:
         return float(run.data.metrics["objective"])
-    spec = run.data.tags.get("facefuse.objective", "")
+    spec = run.data.tags.get(S.TAG_OBJECTIVE, "")
     if spec.startswith("mean:"):
         quality = spec.split(":", 1)[1]
         values = [v for k, v in run.data.metrics.items()
@@ -325,7 +321,7 @@ def sweep_space(client: "MlflowClient", parent: Optional["Run"]) -> Optional[dic
     """Returns the optuna distributions of the search space logged on a sweep's parent run."""
     if parent is None:
         return None
-    name = parent.data.tags.get("facefuse.search_space", "")
+    name = parent.data.tags.get(S.TAG_SEARCH_SPACE, "")
     if not name:
         return None
     from facefuse.errors import FacefuseError
@@ -364,7 +360,7 @@ def sweep_importances(runs: Sequence["Run"], space: Optional[dict[str, Any]] = N
     """
     import optuna
 
-    trials = [r for r in runs if _is_true(r.data.tags.get("facefuse.full_budget"))
+    trials = [r for r in runs if S.is_true(r.data.tags.get(S.TAG_FULL_BUDGET))
               and not run_variant(r)]
     scored = [(r, _objective_of(r)) for r in trials]
     scored = [(r, v) for r, v in scored if v is not None and math.isfinite(v)]
@@ -426,8 +422,8 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir=out)
-    runs = search_all_runs(client, ids, TRIAL_FILTER)
-    parents = search_all_runs(client, ids, "tags.`facefuse.kind` = 'sweep'")
+    runs = search_all_runs(client, ids, S.FINISHED_TRIAL_FILTER)
+    parents = search_all_runs(client, ids, S.kind_filter(S.KIND_SWEEP))
     sections: list[str] = [f"# Report: experiment {experiment}", "",
                            f"{len(runs)} finished trial runs in {len(parents)} sweep(s).", ""]
     per_sweep: dict[str, list[Path]] = {}
@@ -479,12 +475,12 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
 
     by_sweep: dict[str, list[Run]] = {}
     for run in runs:
-        by_sweep.setdefault(run.data.tags.get("facefuse.sweep_id", ""), []).append(run)
+        by_sweep.setdefault(run.data.tags.get(S.TAG_SWEEP_ID, ""), []).append(run)
     for sweep_id, sweep_runs in sorted(by_sweep.items()):
         if all(run_variant(r) for r in sweep_runs):
             continue  # an ablation grid, not a search
         parent = next((p for p in parents
-                       if p.data.tags.get("facefuse.sweep_id", "") == sweep_id), None)
+                       if p.data.tags.get(S.TAG_SWEEP_ID, "") == sweep_id), None)
         space = sweep_space(client, parent)
         importances, n_used, reason = sweep_importances(sweep_runs, space)
         label = sweep_id or "unnamed"
@@ -499,7 +495,7 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
         report.files += [csv_path, png]
         per_sweep[sweep_id] = [csv_path, png]
         report.importances[sweep_id] = importances
-        source = (f"search space {parent.data.tags['facefuse.search_space']}"
+        source = (f"search space {parent.data.tags[S.TAG_SEARCH_SPACE]}"
                   if space and parent is not None else "inferred")
         report.importance_space[sweep_id] = source
         where = "inferred from the trials" if source == "inferred" else f"from the logged {source}"
@@ -519,13 +515,13 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
         if not parents:
             report.skipped.append("logging: the experiment has no parent (sweep) run")
         for parent in parents:
-            sid = parent.data.tags.get("facefuse.sweep_id", "")
+            sid = parent.data.tags.get(S.TAG_SWEEP_ID, "")
             own = set(per_sweep.get(sid, []))
             others = {p for paths in per_sweep.values() for p in paths} - own
             for path in report.files:
                 if path in others:
                     continue
-                _tracking_call("logging report artifacts", client.log_artifact,
+                tracking_call("logging report artifacts", client.log_artifact,
                                parent.info.run_id, str(path), REPORT_ARTIFACT_DIR)
             report.logged_to.append(parent.info.run_id)
     logger.info("report for %s: %d files in %s", experiment, len(report.files), out)

@@ -7,7 +7,7 @@ log10(beta) with a bootstrap band, and returns the choice together with what the
 it. ``register_choice`` records a choice in MLflow (a tag on the chosen run and a registered model
 version with the alias ``best-<dataset>``).
 
-The tracking schema read here is the one in DESIGN.md ("Tracking schema") as written by
+The tracking schema read here is ``facefuse.tracking.schema`` (docs/architecture.md) as written by
 ``facefuse.sweep``: trial runs carry ``facefuse.kind=trial``, ``facefuse.full_budget``,
 ``facefuse.variant`` (ablations), a ``beta`` param, and ``<dataset>/<metric>`` per epoch.
 """
@@ -18,17 +18,17 @@ import argparse
 import json
 import logging
 import math
-import os
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from facefuse.errors import ConfigError, FacefuseError
+from facefuse.tracking import schema as S
+from facefuse.tracking.store import (experiment_ids, open_tracking,
+                                     resolve_tracking_uri, search_all_runs, tracking_call)
 
 if TYPE_CHECKING:  # mlflow costs seconds to import; commands that fail early should not pay it
     from mlflow import MlflowClient
@@ -40,9 +40,6 @@ EPOCH_POLICIES = ("last_common", "best")
 #: Registry kinds that are evaluated per epoch (training sets have no benchmark metric).
 EVAL_KINDS = ("verification", "ijb")
 DEFAULT_MODEL_NAME = "facefuse-fusion"
-#: Seconds a tracking-server request may take before the command gives up (no retries).
-HTTP_TIMEOUT_S = 10
-HTTP_MAX_RETRIES = 1
 #: Bootstrap resamples for the curve's band; seeded so the same store gives the same band.
 N_BOOTSTRAP = 200
 BAND_LEVEL = 0.90
@@ -52,111 +49,8 @@ BANDWIDTHS = (0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5)
 DEFAULT_BANDWIDTH = 0.5
 
 
-class TrackingError(FacefuseError):
-    """The tracking store cannot be opened or does not answer."""
-
-
 class NoRunsError(FacefuseError):
     """No finished trial run evaluated the requested dataset and metric."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Tracking store access
-# ---------------------------------------------------------------------------------------------
-def resolve_tracking_uri(tracking_uri: Optional[str] = None) -> str:
-    """Returns the tracking URI: argument, else MLFLOW_TRACKING_URI, else ./mlflow.db (absolute)."""
-    from facefuse.sweep.jobs import resolve_tracking_uri as resolve_for_job
-
-    # One rule for every command: the same resolution the sweep driver applies to a job.
-    return resolve_for_job(tracking_uri, Path.cwd())
-
-
-def _sqlite_path(uri: str) -> Optional[Path]:
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):]
-    # sqlite:////abs/path -> /abs/path; sqlite:///rel -> rel
-    return Path(path) if path.startswith("/") else Path(path)
-
-
-def _check_http(uri: str) -> None:
-    # MLflow retries a dead server with exponential backoff for minutes (7 retries, 120 s
-    # timeout by default); a reading command should fail in seconds. A user's own settings win.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_MAX_RETRIES))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
-    health = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(health, timeout=HTTP_TIMEOUT_S) as response:  # noqa: S310
-            response.read(64)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            return  # an authenticating proxy answered: the server is there
-        raise TrackingError(f"tracking server {uri} answered {exc.code} on /health -- check "
-                            f"--tracking-uri / MLFLOW_TRACKING_URI") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}) -- "
-                            f"start it (mlflow server ...) or pass --tracking-uri / set "
-                            f"MLFLOW_TRACKING_URI") from None
-
-
-def open_tracking(tracking_uri: Optional[str] = None) -> "MlflowClient":
-    """Returns an MlflowClient for the resolved URI, after checking the store is there."""
-    uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        _check_http(uri)
-    sqlite = _sqlite_path(uri)
-    if sqlite is not None and not sqlite.is_file():
-        # Reading must not create an empty store somewhere the user did not mean.
-        raise TrackingError(f"no MLflow tracking store at {sqlite} -- run a sweep first, run "
-                            f"from the directory that holds mlflow.db, or pass --tracking-uri")
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def _tracking_call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return fn(*args, **kwargs)
-    except MlflowException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"tracking store error while {what}: {first}") from None
-
-
-def experiment_ids(client: "MlflowClient", experiment: Optional[str] = None) -> dict[str, str]:
-    """Returns {experiment_id: name}: the named experiment, or every active one."""
-    if experiment is not None:
-        exp = _tracking_call("looking up the experiment", client.get_experiment_by_name,
-                             experiment)
-        if exp is None:
-            known = sorted(e.name for e in _tracking_call(
-                "listing experiments", client.search_experiments))
-            raise ConfigError(None, f"no experiment named {experiment!r}", field="experiment",
-                              fix=f"use one of: {', '.join(known) or '(none)'}")
-        return {exp.experiment_id: exp.name}
-    exps = _tracking_call("listing experiments", client.search_experiments)
-    return {e.experiment_id: e.name for e in exps}
-
-
-def search_all_runs(client: "MlflowClient", ids: Iterable[str], filter_string: str) -> list["Run"]:
-    """Returns every run of the experiments matching the filter (all pages)."""
-    ids = list(ids)
-    if not ids:
-        return []
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = _tracking_call("searching runs", client.search_runs, ids, filter_string,
-                              max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-TRIAL_FILTER = "tags.`facefuse.kind` = 'trial' and attributes.status = 'FINISHED'"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,9 +66,7 @@ def dataset_metric(dataset: str, metric: Optional[str] = None) -> str:
                           fix=f"use one of: {', '.join(evaluated)}")
     if metric is None:
         metric = DATASETS[dataset].primary_metric
-    if metric.startswith(dataset + "/"):
-        return metric
-    return f"{dataset}/{metric}"
+    return S.metric_key(dataset, metric)
 
 
 def higher_is_better(metric_key: str) -> bool:
@@ -206,11 +98,7 @@ def run_params(run: "Run") -> dict[str, str]:
 
 def run_variant(run: "Run") -> str:
     """Returns the run's ablation variant ("" for a plain sweep trial)."""
-    return run.data.tags.get("facefuse.variant") or run_params(run).get("variant", "")
-
-
-def _is_true(value: Optional[str]) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes")
+    return run.data.tags.get(S.TAG_VARIANT) or run_params(run).get("variant", "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +158,7 @@ class Curve:
 
 
 def _history_values(client: "MlflowClient", run_id: str, key: str) -> list[tuple[int, float]]:
-    history = _tracking_call("reading a metric history", client.get_metric_history, run_id, key)
+    history = tracking_call("reading a metric history", client.get_metric_history, run_id, key)
     # Several values at one step: the one logged last wins (a resumed trial re-logs its epoch).
     by_step: dict[int, tuple[int, float]] = {}
     for m in history:
@@ -295,7 +183,7 @@ def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
     if epoch_policy not in EPOCH_POLICIES:
         raise ConfigError(None, f"unknown epoch policy {epoch_policy!r}", field="epoch_policy",
                           fix=f"use one of: {', '.join(EPOCH_POLICIES)}")
-    runs = search_all_runs(client, ids, TRIAL_FILTER)
+    runs = search_all_runs(client, ids, S.FINISHED_TRIAL_FILTER)
     candidates = []
     for run in runs:
         variant = run_variant(run)
@@ -310,10 +198,10 @@ def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
         if not (math.isfinite(beta) and beta > 0):
             continue
         candidates.append((run, beta))
-    full_only = any(_is_true(r.data.tags.get("facefuse.full_budget")) for r, _ in candidates)
+    full_only = any(S.is_true(r.data.tags.get(S.TAG_FULL_BUDGET)) for r, _ in candidates)
     if full_only:
         candidates = [(r, b) for r, b in candidates
-                      if _is_true(r.data.tags.get("facefuse.full_budget"))]
+                      if S.is_true(r.data.tags.get(S.TAG_FULL_BUDGET))]
     histories = []
     for run, beta in candidates:
         hist = _history_values(client, run.info.run_id, metric_key)
@@ -338,7 +226,7 @@ def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
         trials.append(TrialValue(
             run_id=run.info.run_id, experiment=ids.get(run.info.experiment_id, ""), beta=beta,
             value=value, epoch=int(epoch),
-            full_budget=_is_true(run.data.tags.get("facefuse.full_budget")),
+            full_budget=S.is_true(run.data.tags.get(S.TAG_FULL_BUDGET)),
             params={k: v for k, v in run_params(run).items() if k != "variant"}))
     return trials, common, full_only
 
@@ -576,13 +464,6 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
 # ---------------------------------------------------------------------------------------------
 # Recording the choice
 # ---------------------------------------------------------------------------------------------
-BEST_BETA_TAG = "facefuse.best_beta_for"
-
-
-def _split_tag(value: Optional[str]) -> list[str]:
-    return [v for v in (value or "").split(",") if v]
-
-
 def register_choice(tracking_uri: Optional[str], selection: BetaSelection,
                     model_name: str = DEFAULT_MODEL_NAME) -> RegisteredChoice:
     """Returns where the choice was recorded: run tag, choice artifact, model version + alias.
@@ -594,32 +475,32 @@ def register_choice(tracking_uri: Optional[str], selection: BetaSelection,
     """
     client = open_tracking(tracking_uri)
     dataset = selection.dataset
-    run = _tracking_call("reading the chosen run", client.get_run, selection.run_id)
+    run = tracking_call("reading the chosen run", client.get_run, selection.run_id)
 
     # The dataset's tag moves to the new run.
     ids = experiment_ids(client)
-    tagged = search_all_runs(client, ids, f"tags.`{BEST_BETA_TAG}` LIKE '%{dataset}%'")
+    tagged = search_all_runs(client, ids, f"tags.`{S.TAG_BEST_BETA_FOR}` LIKE '%{dataset}%'")
     for other in tagged:
-        names = _split_tag(other.data.tags.get(BEST_BETA_TAG))
+        names = S.tag_list(other.data.tags.get(S.TAG_BEST_BETA_FOR))
         if dataset in names and other.info.run_id != selection.run_id:
             rest = [n for n in names if n != dataset]
             if rest:
-                client.set_tag(other.info.run_id, BEST_BETA_TAG, ",".join(rest))
+                client.set_tag(other.info.run_id, S.TAG_BEST_BETA_FOR, ",".join(rest))
             else:
-                client.delete_tag(other.info.run_id, BEST_BETA_TAG)
-    names = _split_tag(run.data.tags.get(BEST_BETA_TAG))
+                client.delete_tag(other.info.run_id, S.TAG_BEST_BETA_FOR)
+    names = S.tag_list(run.data.tags.get(S.TAG_BEST_BETA_FOR))
     if dataset not in names:
         names.append(dataset)
-    _tracking_call("tagging the chosen run", client.set_tag, selection.run_id, BEST_BETA_TAG,
+    tracking_call("tagging the chosen run", client.set_tag, selection.run_id, S.TAG_BEST_BETA_FOR,
                    ",".join(names))
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{dataset}.json"
         path.write_text(json.dumps(selection.to_json(), indent=2, sort_keys=True))
-        _tracking_call("logging the choice", client.log_artifact, selection.run_id, str(path),
+        tracking_call("logging the choice", client.log_artifact, selection.run_id, str(path),
                        "best_beta")
 
-    top = [a.path for a in _tracking_call("listing artifacts", client.list_artifacts,
+    top = [a.path for a in tracking_call("listing artifacts", client.list_artifacts,
                                           selection.run_id)]
     checkpoint = next((p for p in top if p.split("/")[-1].startswith("best_checkpoint")), None)
     base = run.info.artifact_uri.rstrip("/")
@@ -630,19 +511,19 @@ def register_choice(tracking_uri: Optional[str], selection: BetaSelection,
     try:
         client.get_registered_model(model_name)
     except MlflowException:
-        _tracking_call("creating the registered model", client.create_registered_model,
+        tracking_call("creating the registered model", client.create_registered_model,
                        model_name, description="facefuse fusion heads chosen per dataset by "
                        "platform.best_beta; aliases best-<dataset>")
     alias = f"best-{dataset}"
-    tags = {"facefuse.dataset": dataset, "facefuse.metric": selection.metric,
-            "facefuse.beta": repr(selection.beta), "facefuse.value": repr(selection.value),
-            "facefuse.has_checkpoint": "true" if checkpoint else "false"}
-    version = _tracking_call(
+    tags = {S.TAG_SELECTED_DATASET: dataset, S.TAG_SELECTED_METRIC: selection.metric,
+            S.TAG_SELECTED_BETA: repr(selection.beta), S.TAG_SELECTED_VALUE: repr(selection.value),
+            S.TAG_HAS_CHECKPOINT: "true" if checkpoint else "false"}
+    version = tracking_call(
         "creating the model version", client.create_model_version, model_name, source,
         run_id=selection.run_id, tags=tags,
         description=(f"best beta for {dataset}: beta={selection.beta:g}, {selection.metric}="
                      f"{selection.value:.6g} ({selection.epoch_policy} epoch)"))
-    _tracking_call("setting the alias", client.set_registered_model_alias, model_name, alias,
+    tracking_call("setting the alias", client.set_registered_model_alias, model_name, alias,
                    version.version)
     logger.info("registered %s version %s as %s (source %s)", model_name, version.version,
                 alias, source)

@@ -73,7 +73,7 @@ def test_param_space_is_one_grid_search_tune_expands() -> None:
     space = ablation_param_space(["full", "no_vib"], betas=[0.1, 1.0], seeds=[0, 1],
                                  base={"epochs": 3, "lr": 1e-3})
     assert set(space[ABLATION_KEY]) == {"grid_search"}
-    from facefuse.sweep.tracking import flat_config
+    from facefuse.tracking.schema import flat_config
 
     configs = [flat_config(spec) for _, spec in generate_variants(space)]
     assert len(configs) == (2 + 1) * 2

@@ -17,9 +17,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from facefuse.errors import ConfigError, FacefuseError
+from facefuse.tracking.store import TrackingError
 from facefuse.selection import (
     NoRunsError,
-    TrackingError,
     add_best_beta_args,
     fit_curve,
     format_best_beta,

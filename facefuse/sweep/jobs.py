@@ -48,6 +48,7 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 
 from facefuse.errors import ConfigError
+from facefuse.tracking.store import resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -509,21 +510,6 @@ def load_job(path: PathLike) -> JobSpec:
 def _abs(value: str, cwd: Path) -> str:
     p = Path(os.path.expanduser(value))
     return str(p if p.is_absolute() else (cwd / p).resolve())
-
-
-def resolve_tracking_uri(uri: Optional[str], cwd: Path) -> str:
-    """Returns an absolute tracking URI: job's, else $MLFLOW_TRACKING_URI, else <cwd>/mlflow.db."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///"):
-        rest = uri[len("sqlite:///"):]
-        # sqlite:////abs has an absolute path after three slashes; anything else is relative
-        # to wherever the process happens to run, which moves under Ray.
-        if not rest.startswith("/"):
-            return "sqlite:///" + str((cwd / rest).resolve())
-        return uri
-    if "://" not in uri:  # a bare directory or file path
-        return _abs(uri, cwd)
-    return uri
 
 
 def resolve_paths(job: JobSpec, cwd: Optional[PathLike] = None) -> JobSpec:

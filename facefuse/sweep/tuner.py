@@ -26,7 +26,9 @@ from facefuse.errors import ConfigError
 from facefuse.sweep.jobs import (JobSpec, dataset_quality, fixed_config, resolve_paths,
                                  trial_context)
 from facefuse.sweep.spaces import check_against_fixed, load_search_space
-from facefuse.sweep.tracking import redact_uri
+from facefuse.tracking import schema as S
+from facefuse.tracking.queue import write_json
+from facefuse.tracking.store import redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +267,7 @@ def _artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
 def build_callback(job: JobSpec, sweep_id: str, state_dir: Path,
                    flush_timeout_s: float = 120.0) -> "Any":
     """Returns the MLflow tracking callback of a resolved job."""
-    from facefuse.sweep.tracking import MlflowTrackingCallback
+    from facefuse.sweep.callback import MlflowTrackingCallback
 
     commit = git_commit(Path.cwd())
     quality = (job.objective.quality if job.objective.quality is not None
@@ -273,32 +275,29 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path,
     arc_hash = checkpoint_sha256(job.backbones.arcface)
     ada_hash = checkpoint_sha256(job.backbones.adaface)
     common = {
-        "facefuse.datasets": ",".join(job.data.eval),
-        "facefuse.train_dataset": job.data.train,
-        "facefuse.quality": quality,
-        "facefuse.qualities": ",".join(f"{d}:{dataset_quality(d)}" for d in job.data.eval),
-        "facefuse.objective": job.objective.describe(),
-        "facefuse.backbone.arcface_sha256": arc_hash,
-        "facefuse.backbone.adaface_sha256": ada_hash,
-        "facefuse.git_commit": commit,
-        "facefuse.job": job.name,
-        "facefuse.search_space": os.path.basename(job.search_space),
+        S.TAG_DATASETS: ",".join(job.data.eval),
+        S.TAG_TRAIN_DATASET: job.data.train,
+        S.TAG_QUALITY: quality,
+        S.TAG_QUALITIES: ",".join(f"{d}:{dataset_quality(d)}" for d in job.data.eval),
+        S.TAG_OBJECTIVE: job.objective.describe(),
+        S.TAG_ARCFACE_SHA256: arc_hash,
+        S.TAG_ADAFACE_SHA256: ada_hash,
+        S.TAG_GIT_COMMIT: commit,
+        S.TAG_JOB: job.name,
+        S.TAG_SEARCH_SPACE: os.path.basename(job.search_space),
     }
     if job.variant:
-        common["facefuse.variant"] = job.variant
-    state_dir.mkdir(parents=True, exist_ok=True)
+        common[S.TAG_VARIANT] = job.variant
     job_json = state_dir / "resolved_job.json"
-    tmp = job_json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"sweep_id": sweep_id, "job": job.to_dict()}, indent=1, default=str))
-    os.replace(tmp, job_json)
+    write_json(job_json, {"sweep_id": sweep_id, "job": job.to_dict()})
     sweep_params = {k: v for k, v in job.to_dict().items()
                     if k not in ("tracking", "source", "resolved", "params")}
     sweep_params["fixed"] = dict(job.params)
     return MlflowTrackingCallback(
         tracking_uri=job.tracking.uri or "", experiment_name=job.experiment_name,
         sweep_id=sweep_id, state_dir=str(state_dir),
-        sweep_tags={**common, "facefuse.job_hash": job.identity_hash(),
-                    "facefuse.job_file": job.source or ""},
+        sweep_tags={**common, S.TAG_JOB_HASH: job.identity_hash(),
+                    S.TAG_JOB_FILE: job.source or ""},
         trial_tags=common, sweep_params=sweep_params,
         sweep_artifacts=[str(job_json), job.search_space],
         trial_context=trial_context(job), full_budget_epochs=job.max_t,
@@ -310,15 +309,12 @@ def _write_sweep_state(state_dir: Path, sweep_id: str, job: JobSpec) -> None:
     path = state_dir / SWEEP_STATE_FILE
     if path.exists():
         return
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sweep_id": sweep_id, "job_hash": job.identity_hash(),
-                               "job_file": job.source, "created": time.time()}, indent=1))
-    os.replace(tmp, path)
+    write_json(path, {"sweep_id": sweep_id, "job_hash": job.identity_hash(),
+                      "job_file": job.source, "created": time.time()})
 
 
 def _summaries(trials: list[Any], callback: Any) -> list[TrialSummary]:
-    from facefuse.sweep.tracking import error_text
+    from facefuse.sweep.callback import error_text
 
     out = []
     for trial in trials:

@@ -139,7 +139,7 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
                  resume_dir: Optional[Path], rank: int = 0,
                  device: Optional[torch.device] = None) -> list[dict[str, float]]:
     """Returns the metric history after running the loop with checkpoints handed to ``report``."""
-    from facefuse.sweep.tracking import flat_config
+    from facefuse.tracking.schema import flat_config
 
     if ctx.torch_threads:
         torch.set_num_threads(ctx.torch_threads)

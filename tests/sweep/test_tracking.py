@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 from facefuse.sweep import load_job, run_sweep
-from facefuse.sweep.tracking import (BACKLOG_FILE, MlflowTrackingCallback, flat_config,
-                                     result_metrics, result_step, safe_params)
+from facefuse.sweep.callback import (BACKLOG_FILE, MlflowTrackingCallback, result_metrics,
+                                     result_step)
+from facefuse.tracking.schema import flat_config
+from facefuse.tracking.writer import safe_params
 from tests.sweep.conftest import SELFTEST, write_job
 
 
@@ -51,7 +53,7 @@ def test_result_metrics_drop_tune_bookkeeping() -> None:
 def test_unreachable_store_buffers_to_a_backlog(tmp_path: Path, caplog) -> None:
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     cb = MlflowTrackingCallback(uri, "exp", "sweep-1", str(tmp_path), initial_backoff_s=0.05)
-    with caplog.at_level(logging.WARNING, logger="facefuse.sweep.tracking"):
+    with caplog.at_level(logging.WARNING, logger="facefuse.tracking"):
         cb.start()  # must not raise
         assert not cb.flush(timeout_s=0.3)
     assert cb.pending_operations == 1 and cb.parent_run_id is None
@@ -137,7 +139,7 @@ def test_server_outage_mid_sweep_loses_nothing(ray_session, tmp_path: Path, capl
 
         thread = threading.Thread(target=outage, daemon=True)
         thread.start()
-        with caplog.at_level(logging.WARNING, logger="facefuse.sweep.tracking"):
+        with caplog.at_level(logging.WARNING, logger="facefuse.tracking"):
             result = run_sweep(job, trainable=SELFTEST, flush_timeout_s=240)
         thread.join(timeout=300)
         assert "stopped_at" in state and "restarted_at" in state
@@ -173,7 +175,7 @@ def test_sweep_settings_keep_their_section_in_the_key() -> None:
 
 
 def test_credentials_in_the_tracking_uri_are_redacted() -> None:
-    from facefuse.sweep.tracking import redact_uri
+    from facefuse.tracking.store import redact_uri
 
     assert redact_uri("https://alice:s3cret@mlflow.example.org/") == "https://***@mlflow.example.org/"
     assert redact_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"

@@ -1,0 +1,324 @@
+"""The driver-side Ray Tune callback that turns Tune events into tracking operations.
+
+Only the driver writes to the store, so a local sqlite file is safe. Each Tune event becomes
+one or more operations on a durable queue (``facefuse.tracking.queue``) that the typed writer
+(``facefuse.tracking.writer``) executes; an unreachable store never fails the sweep, and what is
+unsent when the sweep ends is replayed when it runs again. The runs, tags and metrics written
+are the tracking schema of docs/architecture.md (``facefuse.tracking.schema``):
+
+- parent run: kind ``sweep``, the sweep id, the resolved job as an artifact; FINISHED at the end.
+- trial run: nested under the parent, kind ``trial``, sweep and trial ids, the job's tags; every
+  hyperparameter as a param; every reported metric with step = epoch; on completion
+  ``facefuse.full_budget`` and, when ASHA stopped it early, ``facefuse.stopped_by_asha``; on
+  error status FAILED with ``facefuse.error``; retried attempts in ``facefuse.failed_attempts``.
+
+Metrics already logged for an epoch are not logged again when a resumed trial repeats it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from ray.tune import Callback
+from ray.tune import result as tune_result
+
+from facefuse.tracking import schema as S
+from facefuse.tracking.queue import OperationQueue, write_json
+from facefuse.tracking.store import redact_uri
+from facefuse.tracking.writer import MAX_TAG_CHARS, SweepWriter
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+logger = logging.getLogger(__name__)
+
+BACKLOG_FILE = "tracking_backlog.json"
+#: Result keys Tune fills in itself (bookkeeping, not metrics of the model). The time an
+#: iteration took is kept, as ``time/epoch_s``.
+TUNE_AUTO_KEYS = frozenset(
+    set(tune_result.AUTO_RESULT_KEYS) | set(tune_result.DEFAULT_EXPERIMENT_INFO_KEYS)
+    | {tune_result.DONE, tune_result.SHOULD_CHECKPOINT, "experiment_id"}
+) - {tune_result.TIME_THIS_ITER_S}
+
+
+def result_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Returns the numeric, finite model metrics of a Tune result (Tune's bookkeeping dropped)."""
+    out: dict[str, float] = {}
+    for key, value in result.items():
+        if key in TUNE_AUTO_KEYS or isinstance(value, bool):
+            continue
+        if isinstance(value, numbers.Real):
+            out[key] = float(value)
+    if tune_result.TIME_THIS_ITER_S in out:
+        out[S.METRIC_EPOCH_SECONDS] = out.pop(tune_result.TIME_THIS_ITER_S)
+    return out
+
+
+def result_step(result: dict[str, Any]) -> int:
+    """Returns the epoch of a result (its "epoch" key, else Tune's training_iteration)."""
+    epoch = result.get(S.METRIC_EPOCH)
+    if isinstance(epoch, numbers.Real) and not isinstance(epoch, bool) and math.isfinite(epoch):
+        return int(epoch)
+    return int(result.get(tune_result.TRAINING_ITERATION, 0))
+
+
+def error_text(trial: "Trial") -> tuple[str, str]:
+    """Returns (one-line reason, traceback tail) of a trial's latest error."""
+    trace = ""
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        try:
+            trace = Path(path).read_text(errors="replace")
+        except OSError:
+            trace = ""
+    if not trace:
+        trace = str(getattr(trial, "error_msg", "") or "unknown error (no error file)")
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+    # The last "SomeError: message" line of a chained traceback is the root message.
+    reason = next((ln for ln in reversed(lines) if re.match(r"^[\w.]+(Error|Exception|Exit|"
+                                                            r"Interrupt)\b.*:", ln)),
+                  lines[-1] if lines else "unknown error")
+    return reason[:MAX_TAG_CHARS], trace[-MAX_TAG_CHARS:]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MlflowTrackingCallback(Callback):
+    """Driver-side Tune callback writing the sweep to MLflow (see the module docstring)."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, sweep_id: str, state_dir: str,
+                 sweep_tags: Optional[dict[str, str]] = None,
+                 trial_tags: Optional[dict[str, str]] = None,
+                 sweep_params: Optional[dict[str, Any]] = None,
+                 sweep_artifacts: Iterable[str] = (),
+                 trial_context: Optional[dict[str, Any]] = None,
+                 full_budget_epochs: Optional[int] = None,
+                 artifact_location: Optional[str] = None,
+                 flush_timeout_s: float = 120.0, initial_backoff_s: float = 1.0,
+                 max_backoff_s: float = 30.0) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.sweep_id = sweep_id
+        self.state_dir = str(state_dir)
+        self.sweep_tags = dict(sweep_tags or {})
+        self.trial_tags = dict(trial_tags or {})
+        self.sweep_params = dict(sweep_params or {})
+        self.sweep_artifacts = list(sweep_artifacts)
+        self.trial_context = dict(trial_context or {})
+        self.full_budget_epochs = full_budget_epochs
+        self.artifact_location = artifact_location
+        self.flush_timeout_s = flush_timeout_s
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._init_runtime()
+
+    # ------------------------------------------------------------------ state
+    def _init_runtime(self) -> None:
+        self._writer = SweepWriter(
+            self.tracking_uri, self.experiment_name, self.sweep_id, self.state_dir,
+            sweep_tags=self.sweep_tags, trial_tags=self.trial_tags,
+            sweep_params=self.sweep_params, sweep_artifacts=self.sweep_artifacts,
+            artifact_location=self.artifact_location)
+        self._queue = OperationQueue(Path(self.state_dir) / BACKLOG_FILE,
+                                     redact_uri(self.tracking_uri), self._writer.execute,
+                                     self.initial_backoff_s, self.max_backoff_s)
+        self._enqueued_step: dict[str, int] = {}
+        self._loaded = False
+        self._started = False
+        self.final_trials: list[Any] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the RunConfig (and so this callback) into tuner.pkl: keep only settings.
+        return {k: v for k, v in self.__dict__.items()
+                if not k.startswith("_") and k != "final_trials"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def get_state(self) -> Optional[dict]:
+        return None  # persisted in our own files, which survive a killed driver
+
+    @property
+    def parent_run_id(self) -> Optional[str]:
+        """Returns the sweep's parent run id once created."""
+        return self._writer.parent_run_id
+
+    def run_id_of(self, trial_id: str) -> Optional[str]:
+        """Returns the MLflow run id of a trial once created."""
+        return self._writer.run_id_of(trial_id)
+
+    @property
+    def pending_operations(self) -> int:
+        """Returns how many writes wait for the store."""
+        return len(self._queue)
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        self._writer.load_map()
+        self._queue.load_backlog()
+        self._enqueued_step = self._writer.last_steps()
+        for op in self._queue:
+            if op["op"] == "metrics":
+                self._enqueued_step[op["trial"]] = max(self._enqueued_step.get(op["trial"], 0),
+                                                       op["step"])
+
+    def _enqueue(self, op: dict[str, Any]) -> None:
+        self._queue.put(op)
+
+    def _drain(self, force: bool = False) -> bool:
+        self._load()
+        return self._queue.drain(force)
+
+    def flush(self, timeout_s: Optional[float] = None) -> bool:
+        """Returns True when every buffered write reached the store within the timeout."""
+        self._load()
+        return self._queue.flush(self.flush_timeout_s if timeout_s is None else timeout_s)
+
+    def _trial_queued(self, trial_id: str) -> bool:
+        return self.run_id_of(trial_id) is not None or any(
+            op["op"] == "trial" and op["trial"] == trial_id for op in self._queue)
+
+    # ------------------------------------------------------------------ Tune hooks
+    def start(self) -> None:
+        """Creates the experiment and the parent run (buffered if the store is down)."""
+        self._load()
+        if self._started:
+            return
+        self._started = True
+        if self.parent_run_id is None and not any(op["op"] == "parent" for op in self._queue):
+            self._enqueue({"op": "parent"})
+        else:
+            # The same sweep runs again (resume): the parent is running again until it ends.
+            self._enqueue({"op": "status", "trial": None, "status": "RUNNING"})
+            self._enqueue({"op": "tags", "trial": None, "tags": {S.TAG_RESUMED: "true"}})
+        self._drain(force=True)
+
+    def setup(self, stop: Any = None, num_samples: Optional[int] = None,
+              total_num_samples: Optional[int] = None, **info: Any) -> None:
+        self.start()
+
+    def _trial_started(self, trial: "Trial", reopen: bool) -> None:
+        self._load()
+        tid = trial.trial_id
+        if self.run_id_of(tid) is not None and not reopen:
+            return
+        if any(op["op"] == "trial" and op["trial"] == tid for op in self._queue):
+            return
+        flat = S.flat_config(dict(trial.config))
+        tags = {S.TAG_TRIAL_NAME: str(trial)}
+        if flat.get("variant") is not None:
+            tags[S.TAG_VARIANT] = str(flat["variant"])
+        if flat.get("seed") is not None:
+            tags[S.TAG_SEED] = str(flat["seed"])
+        self._enqueue({"op": "trial", "trial": tid, "params": dict(trial.config), "tags": tags,
+                       "reopen": reopen})
+        self._drain()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:
+        # A trial that is started again after a driver restart has a run already: reopen it.
+        self._load()
+        self._trial_started(trial, reopen=self.run_id_of(trial.trial_id) is not None)
+
+    def on_trial_restore(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:
+        self._trial_started(trial, reopen=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: "Trial", result: dict,
+                        **info: Any) -> None:
+        self._load()
+        tid = trial.trial_id
+        if not self._trial_queued(tid):
+            self._trial_started(trial, reopen=False)
+        step = result_step(result)
+        if step <= self._enqueued_step.get(tid, 0):
+            logger.debug("trial %s repeated epoch %d after a restart; not logged twice", tid, step)
+            return
+        self._enqueued_step[tid] = step
+        self._enqueue({"op": "metrics", "trial": tid, "step": step, "ts": _now_ms(),
+                       "metrics": result_metrics(result)})
+        self._drain()
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:
+        reason, _ = error_text(trial)
+        self._enqueue({"op": "tags", "trial": trial.trial_id, "tags": {
+            S.TAG_FAILED_ATTEMPTS: str(int(trial.num_failures)),
+            S.TAG_LAST_ATTEMPT_ERROR: reason}})
+        self._drain()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:
+        self._finish_trial(trial, failed=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:
+        self._finish_trial(trial, failed=True)
+
+    def _finish_trial(self, trial: "Trial", failed: bool) -> None:
+        self._load()
+        tid = trial.trial_id
+        if not self._trial_queued(tid):
+            self._trial_started(trial, reopen=False)
+        epochs_done = self._enqueued_step.get(tid, 0)
+        full = self.full_budget_epochs is not None and epochs_done >= self.full_budget_epochs
+        tags = {S.TAG_FULL_BUDGET: str(bool(full)).lower(),
+                S.TAG_EPOCHS_DONE: str(epochs_done),
+                S.TAG_FAILED_ATTEMPTS: str(int(trial.num_failures))}
+        if failed:
+            reason, trace = error_text(trial)
+            tags.update({S.TAG_ERROR: reason, S.TAG_ERROR_TRACE: trace})
+        elif not full:
+            tags[S.TAG_STOPPED_BY_ASHA] = "true"
+        self._enqueue({"op": "tags", "trial": tid, "tags": tags})
+        for path, artifact_path in self._trial_artifacts(trial):
+            self._enqueue({"op": "artifact", "trial": tid, "path": path,
+                           "artifact_path": artifact_path})
+        self._enqueue({"op": "end", "trial": tid, "status": "FAILED" if failed else "FINISHED",
+                       "ts": _now_ms()})
+        self._drain()
+
+    def _trial_artifacts(self, trial: "Trial") -> list[tuple[str, Optional[str]]]:
+        """Returns (local path, artifact dir) pairs: resolved config, ROC files, best checkpoint."""
+        out: list[tuple[str, Optional[str]]] = []
+        trial_dir = Path(trial.local_path or "")
+        cfg_path = Path(self.state_dir) / "trial_configs" / f"{trial.trial_id}.json"
+        write_json(cfg_path, {"config": dict(trial.config), "context": self.trial_context,
+                              "sweep_id": self.sweep_id, "trial_id": trial.trial_id})
+        out.append((str(cfg_path), S.ARTIFACT_CONFIG))
+        if trial_dir.is_dir():
+            for p in sorted(trial_dir.glob("roc_*.npz")) + sorted(trial_dir.glob("roc_*.png")):
+                out.append((str(p), S.ARTIFACT_ROC))
+            if (trial_dir / S.ARTIFACT_BEST_CHECKPOINT).is_dir():
+                out.append((str(trial_dir / S.ARTIFACT_BEST_CHECKPOINT),
+                            S.ARTIFACT_BEST_CHECKPOINT))
+        # The real trainable keeps its best model and ROC data inside each Tune checkpoint.
+        ckpt = getattr(trial, "checkpoint", None)
+        best = Path(ckpt.path) / "best" if ckpt is not None and getattr(ckpt, "path", None) else None
+        if (best is not None and best.is_dir()
+                and not (trial_dir / S.ARTIFACT_BEST_CHECKPOINT).is_dir()):
+            out.append((str(best), S.ARTIFACT_BEST_CHECKPOINT))
+            for p in sorted(best.glob("roc_*.npz")) + sorted(best.glob("roc_*.png")):
+                out.append((str(p), S.ARTIFACT_ROC))
+        return out
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if len(self._queue):
+            self._drain()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._load()
+        self.final_trials = list(trials)
+        failed = sum(1 for t in trials if t.status == "ERROR")
+        self._enqueue({"op": "orphans", "keep": sorted(t.trial_id for t in trials)})
+        self._enqueue({"op": "tags", "trial": None, "tags": {
+            S.TAG_TRIALS_TOTAL: str(len(trials)), S.TAG_TRIALS_FAILED: str(failed)}})
+        self._enqueue({"op": "end", "trial": None, "status": "FINISHED", "ts": _now_ms()})
+        self.flush()
