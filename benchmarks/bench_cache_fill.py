@@ -41,7 +41,7 @@ def main() -> None:
     pair = BackbonePair((args.backbones / "arcface_tiny/backbone.pth").resolve(),
                         (args.backbones / "adaface_tiny/adaface_tiny.ckpt").resolve())
     plain = {p: load_backbone(p).eval() for p in (pair.arcface, pair.adaface)}
-    print(f"| dataset | entries | per entry (s) | one pass (s) | speed-up | max abs diff |")
+    print("| dataset | entries | per entry (s) | one pass (s) | speed-up | max abs diff |")
     print("|---|---|---|---|---|---|")
     totals = [0.0, 0.0]
     with tempfile.TemporaryDirectory() as tmp:

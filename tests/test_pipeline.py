@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = ["synth_lfw", "synth_cfp_fp", "synth_ijbb", "synth_ijbc"]

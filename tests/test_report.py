@@ -79,7 +79,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     sweep = _parent(client, exp, "s1", space)
     rng = np.random.default_rng(3)
     best_ijbb, best_value = None, -1.0
-    for i in range(16):
+    for _ in range(16):
         beta = float(10.0 ** rng.uniform(-3, 1))
         lr = float(10.0 ** rng.uniform(-4, -2))
         heads = int(rng.choice([2, 4]))

@@ -23,12 +23,24 @@ import logging
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from facefuse.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+
+def to_input(images: np.ndarray, flip: bool = False) -> torch.Tensor:
+    """Returns a float32 NCHW tensor in [-1, 1] from uint8 NHWC RGB images (mirrored if flip)."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be [N, H, W, 3] uint8, got shape {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()  # [N,H,W,3]->[N,3,H,W]
+    if flip:
+        x = torch.flip(x, dims=[3])
+    return x.div_(127.5).sub_(1.0)
+
 
 LAYOUTS = ("insightface", "adaface")
 

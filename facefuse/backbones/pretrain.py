@@ -26,10 +26,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from facefuse.backbones.checkpoints import checkpoint_hash, load_backbone, save_adaface, save_insightface
-from facefuse.backbones.iresnet import IResNet, get_model
+from facefuse.backbones.iresnet import IResNet, get_model, to_input
 from facefuse.backbones.losses import AdaFaceHead
+from facefuse.data import get_dataset, load_train_set, load_verification_set
 from facefuse.data._io import atomic_write
+from facefuse.evaluation import evaluate_ijb, evaluate_verification, roc_curve_auc
 from facefuse.errors import ConfigError
+from facefuse.model.heads import ArcFaceHead
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +213,6 @@ def train_tiny_backbone(images: np.ndarray, labels: np.ndarray, num_classes: int
     model = get_model(recipe.arch, num_features=recipe.num_features, layout=recipe.layout, widths=recipe.widths)
     emb = model.num_features
     if recipe.loss == "arcface":
-        from facefuse.model.heads import ArcFaceHead
         head: torch.nn.Module = ArcFaceHead(emb, num_classes, scale=recipe.scale, margin=recipe.margin)
     elif recipe.loss == "adaface":
         head = AdaFaceHead(emb, num_classes, m=recipe.margin, h=recipe.h, s=recipe.scale, t_alpha=recipe.t_alpha)
@@ -274,8 +276,6 @@ def train_tiny_backbone(images: np.ndarray, labels: np.ndarray, num_classes: int
 def _train_and_save(data_root: str, out_dir: str, recipe: TinyRecipe, seed: int, threads: int,
                     progress: bool) -> tuple[str, dict[str, Any]]:
     """Returns (checkpoint path, metrics) after training one recipe; runs in its own process."""
-    from facefuse.data import load_train_set
-
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     train = load_train_set(TRAIN_SET, data_root)
@@ -344,8 +344,6 @@ SYNTH_EVAL_SETS = ("synth_lfw", "synth_cfp_fp", "synth_agedb_30", "synth_calfw",
 @torch.no_grad()
 def embed_images(model: IResNet, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Returns (embeddings, embeddings of the mirrored images), float32 [N, E] each."""
-    from facefuse.features.extract import to_input
-
     model.eval()
     outs: list[list[np.ndarray]] = [[], []]
     for start in range(0, len(images), batch_size):
@@ -362,8 +360,6 @@ def evaluate_backbone(path: PathLike, data_root: PathLike, sets: Sequence[str] =
     Keys are "<set>/acc", and "<set>/tar_far_<far>" (far 1e-4 by default, as the field reports)
     with "<set>/auc" for the IJB-style sets.
     """
-    from facefuse.data import get_dataset, load_verification_set
-    from facefuse.evaluation import evaluate_ijb, evaluate_verification, roc_curve_auc
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -171,7 +171,7 @@ def _read_idx(idx_path: Path) -> tuple[list[int], dict[int, int]]:
     keys: list[int] = []
     offsets: dict[int, int] = {}
     try:
-        fh = open(idx_path, "r", encoding="ascii")
+        fh = open(idx_path, encoding="ascii")
     except FileNotFoundError as exc:
         raise DataFormatError(idx_path, "index file not found", fix="the .idx must sit beside the .rec") from exc
     with fh:
@@ -356,7 +356,7 @@ def write_recordio_dataset(folder: PathLike, images: Iterable[np.ndarray], label
 
         def flush() -> None:
             nonlocal written
-            for im, payload in zip(batch, encode_images(batch, "jpg", quality)):
+            for payload in encode_images(batch, "jpg", quality):
                 i = written
                 writer.write(int(key_of[i]), IRHeader(0, float(labels_arr[i]), int(key_of[i]), 0), payload)
                 written += 1

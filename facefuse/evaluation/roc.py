@@ -20,7 +20,7 @@ from ._inputs import binary_labels, float_vector, same_length
 logger = logging.getLogger(__name__)
 
 # numpy < 2 names it trapz.
-_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
 
 DEFAULT_FARS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 

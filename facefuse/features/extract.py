@@ -10,21 +10,13 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from facefuse.backbones.iresnet import to_input
+
 logger = logging.getLogger(__name__)
 
 #: Name of the preprocessing applied before the backbone; part of every cache key, so a change
 #: of normalisation or alignment invalidates old entries instead of silently reusing them.
 PREPROCESSING = "rgb112-pm1-v1"
-
-
-def to_input(images: np.ndarray, flip: bool = False) -> torch.Tensor:
-    """Returns a float32 NCHW tensor in [-1, 1] from uint8 NHWC RGB images (mirrored if flip)."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be [N, H, W, 3] uint8, got shape {images.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()  # [N,H,W,3]->[N,3,H,W]
-    if flip:
-        x = torch.flip(x, dims=[3])
-    return x.div_(127.5).sub_(1.0)
 
 
 @torch.no_grad()

@@ -49,6 +49,7 @@ import yaml
 
 from facefuse.errors import ConfigError
 from facefuse.tracking.store import resolve_tracking_uri
+from facefuse.train.context import TrialContext
 
 logger = logging.getLogger(__name__)
 
@@ -557,25 +558,28 @@ def resolve_paths(job: JobSpec, cwd: Optional[PathLike] = None) -> JobSpec:
 
 
 def trial_context(job: JobSpec) -> dict[str, Any]:
-    """Returns the dict handed to the trainable as ``context`` (TrialContext fields)."""
+    """Returns the trial context of a resolved job as the dict Tune hands to every trial.
+
+    Built once per sweep in the driver; ``TrialContext`` is its one schema (and checks it).
+    """
     if not job.resolved:
         raise ConfigError(job.source, "job paths are not resolved", field="(job)",
                           fix="call facefuse.sweep.jobs.resolve_paths(job) in the driver first")
     r = job.resources
-    return {
-        "data_root": job.data.root,
-        "cache_dir": job.data.cache_dir,
-        "arcface_checkpoint": job.backbones.arcface,
-        "adaface_checkpoint": job.backbones.adaface,
-        "train_dataset": job.data.train,
-        "eval_datasets": list(job.data.eval),
-        "objective": job.objective.to_context(),
-        "workers_per_trial": r.workers_per_trial,
-        "gpus_per_worker": r.gpus_per_worker,
-        "cpus_per_worker": r.cpus_per_worker,
+    return TrialContext(
+        data_root=job.data.root,
+        cache_dir=job.data.cache_dir,
+        arcface_checkpoint=job.backbones.arcface,
+        adaface_checkpoint=job.backbones.adaface,
+        train_dataset=job.data.train,
+        eval_datasets=list(job.data.eval),
+        objective=job.objective.to_context(),
+        workers_per_trial=r.workers_per_trial,
+        gpus_per_worker=r.gpus_per_worker,
+        cpus_per_worker=r.cpus_per_worker,
         # Torch would otherwise start one thread per core in every concurrent trial.
-        "torch_threads": max(1, int(r.cpus_per_worker)),
-    }
+        torch_threads=max(1, int(r.cpus_per_worker)),
+    ).to_dict()
 
 
 def fixed_config(job: JobSpec) -> dict[str, Any]:

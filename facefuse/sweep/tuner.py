@@ -264,7 +264,7 @@ def _artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
     return None  # a tracking server decides where artifacts go
 
 
-def build_callback(job: JobSpec, sweep_id: str, state_dir: Path,
+def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[str, Any],
                    flush_timeout_s: float = 120.0) -> "Any":
     """Returns the MLflow tracking callback of a resolved job."""
     from facefuse.sweep.callback import MlflowTrackingCallback
@@ -300,7 +300,7 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path,
                     S.TAG_JOB_FILE: job.source or ""},
         trial_tags=common, sweep_params=sweep_params,
         sweep_artifacts=[str(job_json), job.search_space],
-        trial_context=trial_context(job), full_budget_epochs=job.max_t,
+        trial_context=context, full_budget_epochs=job.max_t,
         artifact_location=_artifact_location(job.tracking.uri or "", job.experiment_name),
         flush_timeout_s=flush_timeout_s)
 
@@ -391,7 +391,7 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     init_ray(**(ray_init_kwargs or {}))
     _check_cluster_fits(job)
 
-    callback = build_callback(job, sweep_id, state_dir, flush_timeout_s)
+    callback = build_callback(job, sweep_id, state_dir, context, flush_timeout_s)
     # The experiment and the parent run exist before any trial starts (no racing creators).
     callback.start()
 
@@ -440,7 +440,7 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=job.trials),
             run_config=run_config)
-    results = tuner.fit()
+    tuner.fit()  # trials and their results come back through the callback
     callback.flush()
     trials = _summaries(callback.final_trials, callback)
     result = SweepResult(

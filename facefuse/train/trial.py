@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -21,7 +21,11 @@ import numpy as np
 import torch
 
 from facefuse.errors import ConfigError
+from facefuse.data import get_dataset
 from facefuse.features.dataset import BackbonePair, load_eval_sets, load_train_set
+from facefuse.model import FusionConfig, FusionModel
+from facefuse.tracking.schema import flat_config, metric_key
+from facefuse.train.context import TrialContext
 from facefuse.train.loop import EpochState, TrainConfig, TrainingDiverged, train
 
 logger = logging.getLogger(__name__)
@@ -32,36 +36,6 @@ BEST_DIR = "best"
 DIVERGED_FILE = "facefuse_diverged.txt"
 
 
-@dataclass
-class TrialContext:
-    """Everything a trial needs besides its hyperparameters; all paths absolute (driver-resolved)."""
-
-    data_root: str
-    cache_dir: Optional[str]
-    arcface_checkpoint: str
-    adaface_checkpoint: str
-    train_dataset: str
-    eval_datasets: list[str]
-    objective: dict[str, Any] = field(default_factory=dict)
-    workers_per_trial: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    torch_threads: int = 0  # 0: leave torch's default
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrialContext":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(None, f"unknown trial context keys {sorted(unknown)}", field="context")
-        ctx = cls(**d)
-        for name in ("data_root", "arcface_checkpoint", "adaface_checkpoint"):
-            if not os.path.isabs(getattr(ctx, name)):
-                raise ConfigError(None, f"{name} must be an absolute path (resolve it in the "
-                                  f"driver), got {getattr(ctx, name)!r}", field=name)
-        return ctx
-
-
 def objective_value(metrics: dict[str, float], spec: dict[str, Any],
                     eval_datasets: list[str]) -> float:
     """Returns the objective: one dataset's metric, or the mean primary metric of a quality group.
@@ -69,24 +43,20 @@ def objective_value(metrics: dict[str, float], spec: dict[str, Any],
     ``spec`` is ``{"dataset": name, "metric": m}`` (metric defaults to the dataset's primary one)
     or ``{"quality": "high" | "mixed" | "low" | "all"}``.
     """
-    from facefuse.data import get_dataset
-
     if "dataset" in spec:
         ds = spec["dataset"]
         metric = spec.get("metric") or get_dataset(ds).primary_metric
-        return float(metrics[f"{ds}/{metric}"])
+        return float(metrics[metric_key(ds, metric)])
     quality = spec.get("quality", "all")
     names = [d for d in eval_datasets if quality == "all" or get_dataset(d).quality == quality]
     if not names:
         raise ConfigError(None, f"objective quality {quality!r} matches none of {eval_datasets}",
                           field="objective.quality", fix="evaluate a dataset of that quality")
-    return float(np.mean([metrics[f"{d}/{get_dataset(d).primary_metric}"] for d in names]))
+    return float(np.mean([metrics[metric_key(d, get_dataset(d).primary_metric)] for d in names]))
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
     """Returns (model overrides, TrainConfig) from a flat trial config."""
-    from facefuse.model import FusionConfig
-
     model_names = {f.name for f in fields(FusionConfig)}
     train_names = {f.name for f in fields(TrainConfig)}
     unknown = [k for k in config if k not in model_names | train_names and not k.startswith("_")
@@ -102,8 +72,6 @@ def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
 
 def build_model(model_over: dict[str, Any], train_set) -> torch.nn.Module:
     """Returns a FusionModel sized to the training set's maps and identities."""
-    from facefuse.model import FusionConfig, FusionModel
-
     c_a, h, w = train_set.maps.a.shape[1:]
     c_b = train_set.maps.b.shape[1]
     values = dict(model_over)
@@ -139,8 +107,6 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
                  resume_dir: Optional[Path], rank: int = 0,
                  device: Optional[torch.device] = None) -> list[dict[str, float]]:
     """Returns the metric history after running the loop with checkpoints handed to ``report``."""
-    from facefuse.tracking.schema import flat_config
-
     if ctx.torch_threads:
         torch.set_num_threads(ctx.torch_threads)
     config = flat_config(config)  # grid entries (the ablation's) are merged into plain settings

@@ -206,7 +206,7 @@ def test_missing_files_and_property_mismatch(tmp_path) -> None:
     write_recordio_dataset(folder, smooth_images(3), [0, 1, 1])
     (folder / "property").write_text("5,112,112")
     with pytest.raises(DataFormatError, match="num_classes 5"):
-        RecordIODataset(folder).labels
+        _ = RecordIODataset(folder).labels
     (folder / "property").write_text("two,112")
     with pytest.raises(DataFormatError, match="property"):
         RecordIODataset(folder)
