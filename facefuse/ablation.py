@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import pandas as pd
 
+from facefuse.data._io import atomic_write_text
 from facefuse.errors import ConfigError
 from facefuse.selection import higher_is_better, is_seed_param, run_params, run_variant
 from facefuse.tracking import schema as S
@@ -231,15 +232,7 @@ def collect_ablation_rows(tracking_uri: Optional[str], experiment: str,
 
 def write_rows_json(rows: Sequence[dict[str, Any]], path: Union[str, os.PathLike]) -> Path:
     """Returns the path after writing the rows as a JSON list (atomically)."""
-    return _write_atomic(Path(path), json.dumps(list(rows), indent=1, sort_keys=False) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    from facefuse.data._io import atomic_write
-
-    with atomic_write(path, "w") as fh:
-        fh.write(text)
-    return path
+    return atomic_write_text(Path(path), json.dumps(list(rows), indent=1, sort_keys=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,9 +385,9 @@ def write_table(table: pd.DataFrame, out_dir: Union[str, os.PathLike],
                 stem: str = "ablation") -> list[Path]:
     """Returns [markdown, csv] after writing the table and its numbers (long-form CSV)."""
     out = Path(out_dir)
-    md = _write_atomic(out / f"{stem}.md", table_markdown(table))
+    md = atomic_write_text(out / f"{stem}.md", table_markdown(table))
     stats: pd.DataFrame = table.attrs.get("stats", pd.DataFrame())
-    csv = _write_atomic(out / f"{stem}.csv", stats.to_csv(index=False))
+    csv = atomic_write_text(out / f"{stem}.csv", stats.to_csv(index=False))
     return [md, csv]
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from facefuse.data._io import atomic_write_json
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DIRNAME = ".facefuse"
@@ -96,9 +98,7 @@ def ensure_tiny_backbones(data_root: Path, out_dir: Path, seed: int = 0) -> bool
             pass
     marker.unlink(missing_ok=True)
     result = pretrain_tiny_backbones(data_root, out_dir, seed=seed)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"seed": seed, "result": result}, indent=1, default=str))
-    os.replace(tmp, marker)
+    atomic_write_json(marker, {"seed": seed, "result": result})
     return True
 
 

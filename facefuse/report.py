@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from facefuse.ablation import QUALITY_ORDER, ablation_table, rows_from_runs, write_table
-from facefuse.data._io import atomic_write
+from facefuse.data._io import atomic_write, atomic_write_text
 from facefuse.selection import (
     EVAL_KINDS,
     collect_trials,
@@ -76,12 +76,6 @@ class Report:
 def _save_figure(fig: "Figure", path: Path) -> Path:
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
-    return path
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    with atomic_write(path, "w") as fh:
-        fh.write(text)
     return path
 
 
@@ -451,7 +445,7 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
                                                            else 9, c["dataset"]))]
         header = ["dataset", "quality", "metric", "n_trials", "epoch", "full_budget_only",
                   "curve_beta", "curve_value", "best_trial_beta", "best_trial_value"]
-        best_csv = _write_atomic(out / "best_beta_by_dataset.csv", _csv_text(header, rows_csv))
+        best_csv = atomic_write_text(out / "best_beta_by_dataset.csv", _csv_text(header, rows_csv))
         report.files += [png, best_csv]
         sections += ["## Beta trade-off", "", f"![metric vs beta]({png.name})", "",
                      "| " + " | ".join(header[:3] + header[6:]) + " |",
@@ -488,7 +482,7 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
             report.skipped.append(f"importances of sweep {label}: {reason}")
             continue
         stem = f"importance_{_safe_name(label)}"
-        csv_path = _write_atomic(out / f"{stem}.csv", _csv_text(
+        csv_path = atomic_write_text(out / f"{stem}.csv", _csv_text(
             ["param", "importance"], [[k, f"{v:.6g}"] for k, v in importances.items()]))
         png = plot_importances(importances, f"sweep {label}: parameter importances "
                                f"({n_used} full-budget trials)", out / f"{stem}.png")
@@ -508,7 +502,7 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
 
     if report.skipped:
         sections += ["## Skipped", ""] + [f"- {s}" for s in report.skipped] + [""]
-    index = _write_atomic(out / "report.md", "\n".join(sections))
+    index = atomic_write_text(out / "report.md", "\n".join(sections))
     report.files.append(index)
 
     if log_artifacts:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, IO, Iterator, Optional, Sequence, Union
+from typing import IO, Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -56,7 +57,11 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Yields a file object whose content appears at ``path`` only if the block completes.
 
     The temp file lives in the destination directory so ``os.replace`` is a same-filesystem rename:
-    a crash leaves a stray ``.tmp`` file, never a half-written file under the real name.
+    a crash leaves a stray ``.tmp`` file, never a half-written file under the real name. Its name
+    is unique (mkstemp), so processes writing the same file at once never share a temp file: the
+    last rename wins and every reader sees one whole version. The finished file has the
+    permissions the umask gives, and its bytes are on disk before it appears under its name.
+    Every file the project writes in place goes through here.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +79,19 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Returns the path after writing ``text`` to it through ``atomic_write``."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: PathLike, data: Any, indent: int = 1) -> None:
+    """Writes ``data`` as JSON through ``atomic_write`` (readers see the old file or the new)."""
+    with atomic_write(path, "w") as fh:
+        fh.write(json.dumps(data, indent=indent, sort_keys=True, default=str))
 
 
 def encode_image(image: np.ndarray, image_format: str = "jpg", quality: int = 95) -> bytes:

@@ -30,7 +30,8 @@ from ray.tune import Callback
 from ray.tune import result as tune_result
 
 from facefuse.tracking import schema as S
-from facefuse.tracking.queue import OperationQueue, write_json
+from facefuse.data._io import atomic_write_json
+from facefuse.tracking.queue import OperationQueue
 from facefuse.tracking.store import redact_uri
 from facefuse.tracking.writer import MAX_TAG_CHARS, SweepWriter
 
@@ -290,7 +291,7 @@ class MlflowTrackingCallback(Callback):
         out: list[tuple[str, Optional[str]]] = []
         trial_dir = Path(trial.local_path or "")
         cfg_path = Path(self.state_dir) / "trial_configs" / f"{trial.trial_id}.json"
-        write_json(cfg_path, {"config": dict(trial.config), "context": self.trial_context,
+        atomic_write_json(cfg_path, {"config": dict(trial.config), "context": self.trial_context,
                               "sweep_id": self.sweep_id, "trial_id": trial.trial_id})
         out.append((str(cfg_path), S.ARTIFACT_CONFIG))
         if trial_dir.is_dir():

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from facefuse.data._io import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +119,6 @@ def _write_artifacts(trial_dir: Path, datasets: list[str], metrics: dict[str, fl
     for ds in datasets:
         fpr = np.linspace(0.0, 1.0, 11)
         tpr = np.clip(fpr ** (1.0 - metrics[f"{ds}/acc"]), 0.0, 1.0)
-        tmp = trial_dir / f".roc_{ds}.tmp.npz"
-        np.savez(tmp, fpr=fpr, tpr=tpr)
-        os.replace(tmp, trial_dir / f"roc_{ds}.npz")
-    best = trial_dir / "best_checkpoint"
-    best.mkdir(exist_ok=True)
-    tmp = best / ".metrics.json.tmp"
-    tmp.write_text(json.dumps({"epoch": epoch, **metrics}))
-    os.replace(tmp, best / "metrics.json")
+        with atomic_write(trial_dir / f"roc_{ds}.npz") as fh:
+            np.savez(fh, fpr=fpr, tpr=tpr)
+    atomic_write_json(trial_dir / "best_checkpoint" / "metrics.json", {"epoch": epoch, **metrics})

@@ -27,7 +27,7 @@ from facefuse.sweep.jobs import (JobSpec, dataset_quality, fixed_config, resolve
                                  trial_context)
 from facefuse.sweep.spaces import check_against_fixed, load_search_space
 from facefuse.tracking import schema as S
-from facefuse.tracking.queue import write_json
+from facefuse.data._io import atomic_write_json
 from facefuse.tracking.store import redact_uri
 
 logger = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
     if job.variant:
         common[S.TAG_VARIANT] = job.variant
     job_json = state_dir / "resolved_job.json"
-    write_json(job_json, {"sweep_id": sweep_id, "job": job.to_dict()})
+    atomic_write_json(job_json, {"sweep_id": sweep_id, "job": job.to_dict()})
     sweep_params = {k: v for k, v in job.to_dict().items()
                     if k not in ("tracking", "source", "resolved", "params")}
     sweep_params["fixed"] = dict(job.params)
@@ -309,7 +309,7 @@ def _write_sweep_state(state_dir: Path, sweep_id: str, job: JobSpec) -> None:
     path = state_dir / SWEEP_STATE_FILE
     if path.exists():
         return
-    write_json(path, {"sweep_id": sweep_id, "job_hash": job.identity_hash(),
+    atomic_write_json(path, {"sweep_id": sweep_id, "job_hash": job.identity_hash(),
                       "job_file": job.source, "created": time.time()})
 
 

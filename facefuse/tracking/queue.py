@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from facefuse.data._io import atomic_write
+from facefuse.data._io import atomic_write_json
 from facefuse.tracking.store import redact_uri
 
 logger = logging.getLogger(__name__)
@@ -32,12 +32,6 @@ _TRANSIENT = ("connection", "max retries exceeded", "timed out", "timeout", "tem
 MAX_PERMANENT_ATTEMPTS = 3
 #: While waiting for the store at the end, poll at least this often (not only at the backoff).
 FLUSH_POLL_S = 5.0
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Writes ``data`` as JSON to ``path`` atomically (readers see the old or the new file)."""
-    with atomic_write(path, "w") as fh:
-        fh.write(json.dumps(data, indent=1, sort_keys=True, default=str))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -109,7 +103,7 @@ class OperationQueue:
         """Writes the waiting operations to the backlog file (removes it when none wait)."""
         if self._ops:
             # The key says "tracking_uri" for backlogs written before the queue had its module.
-            write_json(self.backlog_path, {"tracking_uri": self.store, "ops": list(self._ops)})
+            atomic_write_json(self.backlog_path, {"tracking_uri": self.store, "ops": list(self._ops)})
         else:
             self.backlog_path.unlink(missing_ok=True)
 

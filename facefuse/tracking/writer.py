@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from facefuse.tracking import schema as S
-from facefuse.tracking.queue import Operation, write_json
+from facefuse.data._io import atomic_write_json
+from facefuse.tracking.queue import Operation
 from facefuse.tracking.store import redact_uri, search_all_runs, writer_client
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class SweepWriter:
         self._map = data
 
     def _save_map(self) -> None:
-        write_json(self.map_path, self._map)
+        atomic_write_json(self.map_path, self._map)
 
     @property
     def parent_run_id(self) -> Optional[str]:
