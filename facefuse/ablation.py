@@ -459,13 +459,12 @@ GridRunner = Callable[[argparse.Namespace, dict[str, Any]], tuple[Optional[str],
 
 def _run_with_sweep(job: Any, args: argparse.Namespace,
                     space: dict[str, Any]) -> tuple[Optional[str], str, str]:
-    import dataclasses
 
     from facefuse.sweep import run_sweep
 
     if args.tracking_uri:
-        job = dataclasses.replace(job, tracking=dataclasses.replace(job.tracking,
-                                                                    uri=args.tracking_uri))
+        job = job.model_copy(update={"tracking": job.tracking.model_copy(
+            update={"uri": args.tracking_uri})})
     # Every grid point runs its full budget: ASHA would stop variants on early-epoch noise.
     result = run_sweep(job, param_space=space, use_asha=False)
     return result.tracking_uri or None, result.experiment_name, result.sweep_id

@@ -38,14 +38,12 @@ import difflib
 import hashlib
 import json
 import logging
-import math
-import numbers
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Annotated, Any, Optional, Sequence, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from facefuse.errors import ConfigError
 from facefuse.tracking.store import resolve_tracking_uri
@@ -64,32 +62,36 @@ SECRET_ENV_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_
                    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "DATABRICKS_TOKEN")
 
 
-@dataclass
-class DataSpec:
+class _Spec(BaseModel):
+    """A section of a job file: unknown keys and wrong types are errors, numbers are finite."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False,
+                              validate_default=False)
+
+
+class DataSpec(_Spec):
     """Where the data is and which datasets a trial trains on and evaluates."""
 
-    root: Optional[str] = None
-    train: str = ""
-    eval: list[str] = field(default_factory=list)
-    cache_dir: Optional[str] = EMBEDDED
+    root: Optional[str] = Field(default=None, min_length=1)
+    train: str = Field(min_length=1)
+    eval: list[Annotated[str, Field(min_length=1)]]
+    cache_dir: Optional[str] = Field(default=EMBEDDED, min_length=1)
 
 
-@dataclass
-class BackboneSpec:
+class BackboneSpec(_Spec):
     """The two frozen backbone checkpoints (paths or "embedded")."""
 
-    arcface: str = EMBEDDED
-    adaface: str = EMBEDDED
+    arcface: str = Field(default=EMBEDDED, min_length=1)
+    adaface: str = Field(default=EMBEDDED, min_length=1)
 
 
-@dataclass
-class ObjectiveSpec:
+class ObjectiveSpec(_Spec):
     """What a sweep maximises: one dataset's metric, or a quality group's mean primary metric."""
 
-    dataset: Optional[str] = None
-    metric: Optional[str] = None
-    quality: Optional[str] = None
-    mode: str = "max"
+    dataset: Optional[str] = Field(default=None, min_length=1)
+    metric: Optional[str] = Field(default=None, min_length=1)
+    quality: Optional[str] = Field(default=None, min_length=1)
+    mode: str = Field(default="max", min_length=1)
 
     def describe(self) -> str:
         """Returns the objective as one string, e.g. "ijbb/tar_far_1e-4" or "mean:high"."""
@@ -107,56 +109,61 @@ class ObjectiveSpec:
         return out
 
 
-@dataclass
-class AshaSpec:
+class AshaSpec(_Spec):
     """ASHA settings; max_t defaults to the job's epochs."""
 
-    grace_period: int = 1
-    reduction_factor: int = 2
-    max_t: Optional[int] = None
+    grace_period: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=2, ge=2)
+    max_t: Optional[int] = Field(default=None, ge=1)
 
 
-@dataclass
-class ResourceSpec:
+class ResourceSpec(_Spec):
     """Per-trial resources and concurrency."""
 
-    workers_per_trial: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    max_concurrent_trials: int = 2
+    workers_per_trial: int = Field(default=1, ge=1)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    cpus_per_worker: float = 1.0  # > 0, checked with its own hint (fractions are fine)
+    max_concurrent_trials: int = Field(default=2, ge=1)
 
 
-@dataclass
-class TrackingSpec:
+class TrackingSpec(_Spec):
     """MLflow store and experiment; uri None means $MLFLOW_TRACKING_URI, else ./mlflow.db."""
 
-    uri: Optional[str] = None
-    experiment: Optional[str] = None
+    uri: Optional[str] = Field(default=None, min_length=1)
+    experiment: Optional[str] = Field(default=None, min_length=1)
 
 
-@dataclass
-class JobSpec:
+class AblationSpec(_Spec):
+    """The ablation command's defaults: variants, betas and seeds (each a list)."""
+
+    variants: list[Any] = Field(default_factory=list)
+    betas: list[Any] = Field(default_factory=list)
+    seeds: list[Any] = Field(default_factory=list)
+
+
+class JobSpec(_Spec):
     """A validated job file. Paths stay as written until ``resolve_paths``."""
 
-    name: str
+    name: str = Field(min_length=1)
+    seed: int = Field(default=0, ge=0)
     data: DataSpec
-    search_space: str
+    backbones: BackboneSpec = Field(default_factory=BackboneSpec)
+    search_space: str = Field(min_length=1)
     objective: ObjectiveSpec
-    backbones: BackboneSpec = field(default_factory=BackboneSpec)
-    trials: int = 8
-    epochs: int = 3
-    asha: AshaSpec = field(default_factory=AshaSpec)
-    resources: ResourceSpec = field(default_factory=ResourceSpec)
-    max_failures: int = 1
-    tracking: TrackingSpec = field(default_factory=TrackingSpec)
-    storage: Optional[str] = None
-    seed: int = 0
-    variant: Optional[str] = None
-    params: dict[str, Any] = field(default_factory=dict)
-    ablation: dict[str, Any] = field(default_factory=dict)  # variants, betas, seeds (ablation runs)
-    source: Optional[str] = None  # the job file this came from
+    trials: int = Field(default=8, ge=1)
+    epochs: int = Field(default=3, ge=1)
+    asha: AshaSpec = Field(default_factory=AshaSpec)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    max_failures: int = Field(default=1, ge=0)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    storage: Optional[str] = Field(default=None, min_length=1)
+    variant: Optional[str] = Field(default=None, min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    ablation: dict[str, Any] = Field(default_factory=dict)  # variants, betas, seeds
+    # Not keys of the file: where it came from and what the driver did with it.
+    source: Optional[str] = None
     resolved: bool = False
-    written: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    written: dict[str, Any] = Field(default_factory=dict, repr=False, exclude=True)
 
     @property
     def experiment_name(self) -> str:
@@ -170,9 +177,7 @@ class JobSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the job as plain data (what the resolved-config artifact holds)."""
-        d = dataclasses.asdict(self)
-        d.pop("written", None)
-        return d
+        return self.model_dump()
 
     def identity_hash(self) -> str:
         """Returns a sha256 over what defines the sweep's results, as the job file wrote it.
@@ -196,92 +201,110 @@ class JobSpec:
         return hashlib.sha256(blob).hexdigest()
 
 
-# --------------------------------------------------------------------------- validation helpers
-_SECTIONS: dict[str, Any] = {
-    "data": DataSpec, "backbones": BackboneSpec, "asha": AshaSpec, "resources": ResourceSpec,
-    "tracking": TrackingSpec,
-}
-_TOP_KEYS = ("name", "seed", "data", "backbones", "search_space", "objective", "trials", "epochs",
-             "asha", "resources", "max_failures", "tracking", "storage", "variant", "params",
-             "ablation")
-_ABLATION_KEYS = ("variants", "betas", "seeds")
+#: Keys a job file may hold (the rest of JobSpec's fields are set by the platform).
+_FILE_KEYS = ("name", "seed", "data", "backbones", "search_space", "objective", "trials",
+              "epochs", "asha", "resources", "max_failures", "tracking", "storage", "variant",
+              "params", "ablation")
+#: Sections whose value may be left empty (``data:`` with nothing under it) in the file.
+_SECTIONS = ("data", "backbones", "asha", "resources", "tracking")
 
 
+# --------------------------------------------------------------------------- validation messages
 def _fail(path: Optional[PathLike], key: str, msg: str, fix: Optional[str] = None) -> ConfigError:
     return ConfigError(path, msg, field=key, fix=fix)
 
 
-def _check_keys(path: Optional[PathLike], prefix: str, given: Mapping[str, Any],
-                allowed: Any) -> None:
-    allowed = list(allowed)
-    for key in given:
-        if key in allowed:
-            continue
-        dotted = f"{prefix}{key}"
-        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
-        fix = (f"did you mean {prefix}{close[0]!s}?" if close
-               else f"valid keys here: {', '.join(allowed)}")
-        raise _fail(path, dotted, f"unknown key {dotted!r}", fix)
+def _unknown_key(path: Optional[PathLike], prefix: str, key: Any, allowed: Sequence[str]
+                 ) -> ConfigError:
+    dotted = f"{prefix}{key}"
+    close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.5)
+    fix = (f"did you mean {prefix}{close[0]!s}?" if close
+           else f"valid keys here: {', '.join(allowed)}")
+    return _fail(path, dotted, f"unknown key {dotted!r}", fix)
 
 
-def _type_name(kind: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            list: "a list", dict: "a mapping"}.get(kind, str(kind))
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "list": "a list", "dict": "a mapping"}
+#: pydantic error types -> the kind of value the key wants.
+_ERROR_KINDS = {"int_type": "int", "int_from_float": "int", "float_type": "float",
+                "string_type": "str", "string_too_short": "str", "list_type": "list",
+                "dict_type": "dict", "model_type": "dict", "bool_type": "bool"}
 
 
-def _coerce(path: Optional[PathLike], key: str, value: Any, kind: Any, optional: bool = False) -> Any:
-    if value is None:
-        if optional:
+def _dotted(loc: Sequence[Union[str, int]]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(root: type[BaseModel], loc: Sequence[Union[str, int]]) -> Optional[type[BaseModel]]:
+    """Returns the model whose field the last element of ``loc`` names."""
+    model: Any = root
+    for part in loc[:-1]:
+        field_info = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field_info, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
-        raise _fail(path, key, f"{key} is required", f"give {_type_name(kind)}")
-    ok = False
-    if kind is int:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if ok:
-            value = float(value)
-            if not math.isfinite(value):
-                raise _fail(path, key, f"{key} must be finite, got {value}", "give a finite number")
-    elif kind is str:
-        ok = isinstance(value, str) and value != ""
-    elif kind is list:
-        ok = isinstance(value, list)
-    elif kind is dict:
-        ok = isinstance(value, dict)
-    if not ok:
-        raise _fail(path, key, f"{key} must be {_type_name(kind)}, got {value!r} "
-                    f"({type(value).__name__})", f"give {_type_name(kind)}")
-    return value
+        model = ann
+    return model
 
 
-def _at_least(path: Optional[PathLike], key: str, value: Optional[float], low: float) -> None:
-    if value is not None and value < low:
-        raise _fail(path, key, f"{key} must be >= {low:g}, got {value}",
-                    f"give a value >= {low:g}")
+def _translate(path: Optional[PathLike], exc: ValidationError, root: Optional[type[BaseModel]] = None,
+               prefix: tuple[str, ...] = ()) -> ConfigError:
+    """Returns the ConfigError of a job's first validation error, in the project's words.
+
+    ``root`` is the model that was validated; ``prefix`` where it sits in the job file.
+    """
+    root = root or JobSpec
+    errors = exc.errors()
+    # Unknown keys and sections that are not mappings are reported before the values in them.
+    order = {"extra_forbidden": 0, "model_type": 0}
+    err = min(errors, key=lambda e: order.get(e["type"], 1))
+    loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
+    key = _dotted(prefix + loc)
+    if kind == "extra_forbidden":
+        model = _model_at(root, loc)
+        allowed = list(model.model_fields) if model is not None else []
+        return _unknown_key(path, key[: -len(str(loc[-1]))], loc[-1], allowed)
+    if kind == "missing" or (value is None and kind in _ERROR_KINDS):
+        want = _ERROR_KINDS.get(kind, "str")
+        model = _model_at(root, loc)
+        if kind == "missing" and model is not None:
+            ann = str(model.model_fields[str(loc[-1])].annotation)
+            want = next((k for k in ("list", "dict", "int", "float") if k in ann), "str")
+            want = "dict" if "Spec" in ann else want
+        return _fail(path, key, f"{key} is required", f"give {_TYPE_NAMES[want]}")
+    if kind == "finite_number":
+        return _fail(path, key, f"{key} must be finite, got {float(value)}", "give a finite number")
+    if kind == "greater_than_equal":
+        low = err["ctx"]["ge"]
+        model = _model_at(root, loc)
+        if model is not None and model.model_fields[str(loc[-1])].annotation is float:
+            value = float(value)  # a float setting given as 0 reads 0.0, as it is stored
+        return _fail(path, key, f"{key} must be >= {low:g}, got {value}", f"give a value >= {low:g}")
+    want = _TYPE_NAMES.get(_ERROR_KINDS.get(kind, ""), "a valid value")
+    return _fail(path, key, f"{key} must be {want}, got {value!r} ({type(value).__name__})",
+                 f"give {want}")
 
 
-def _registry() -> Optional[Any]:
-    """Returns facefuse.data's registry module when it exists (it is written by another part)."""
-    try:
-        from facefuse import data as data_mod
-    except ImportError:  # pragma: no cover - the package exists; its registry may not yet
-        return None
-    return data_mod if hasattr(data_mod, "DATASETS") and hasattr(data_mod, "get_dataset") else None
+def _registry() -> Any:
+    """Returns facefuse.data, whose registry names every dataset."""
+    from facefuse import data as data_mod  # imports numpy and PIL; commands pay it only here
+
+    return data_mod
 
 
 def dataset_quality(name: str) -> str:
-    """Returns a dataset's quality ("high", "mixed", "low") or "unknown" without a registry."""
+    """Returns a dataset's quality ("high", "mixed", "low") or "unknown" for an unknown name."""
     reg = _registry()
-    if reg is None or name not in reg.DATASETS:
+    if name not in reg.DATASETS:
         return "unknown"
     return str(reg.get_dataset(name).quality)
 
 
 def _check_dataset(path: Optional[PathLike], key: str, name: str) -> None:
     reg = _registry()
-    if reg is None:
-        return
     if name not in reg.DATASETS:
         names = sorted(reg.DATASETS)
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
@@ -289,23 +312,19 @@ def _check_dataset(path: Optional[PathLike], key: str, name: str) -> None:
         raise _fail(path, key, f"unknown dataset {name!r}", fix)
 
 
-def _parse_objective(path: Optional[PathLike], raw: Any, eval_sets: list[str]) -> ObjectiveSpec:
+def _objective_raw(raw: Any) -> Any:
+    """Returns the mapping form of an objective written as "mean:high" or "ijbb/tar_far_1e-4"."""
     if isinstance(raw, str):
         if raw.startswith("mean:"):
-            raw = {"quality": raw[len("mean:"):]}
-        elif "/" in raw:
+            return {"quality": raw[len("mean:"):]}
+        if "/" in raw:
             ds, metric = raw.split("/", 1)
-            raw = {"dataset": ds, "metric": metric}
-        else:
-            raw = {"dataset": raw}
-    raw = _coerce(path, "objective", raw, dict)
-    _check_keys(path, "objective.", raw, ("dataset", "metric", "quality", "mode"))
-    spec = ObjectiveSpec(
-        dataset=_coerce(path, "objective.dataset", raw.get("dataset"), str, optional=True),
-        metric=_coerce(path, "objective.metric", raw.get("metric"), str, optional=True),
-        quality=_coerce(path, "objective.quality", raw.get("quality"), str, optional=True),
-        mode=_coerce(path, "objective.mode", raw.get("mode", "max"), str),
-    )
+            return {"dataset": ds, "metric": metric}
+        return {"dataset": raw}
+    return raw
+
+
+def _check_objective(path: Optional[PathLike], spec: ObjectiveSpec, eval_sets: list[str]) -> None:
     if spec.mode != "max":
         raise _fail(path, "objective.mode", f"objective.mode must be 'max', got {spec.mode!r}",
                     "every reported metric (accuracy, TAR) is better when larger; use max")
@@ -320,12 +339,12 @@ def _parse_objective(path: Optional[PathLike], raw: Any, eval_sets: list[str]) -
             raise _fail(path, "objective.metric", "a quality-group objective averages each "
                         "dataset's primary metric and takes no metric",
                         "remove objective.metric")
-        if spec.quality != "all" and _registry() is not None:
-            if not any(dataset_quality(d) == spec.quality for d in eval_sets):
-                raise _fail(path, "objective.quality",
-                            f"no dataset of quality {spec.quality!r} in data.eval {eval_sets}",
-                            "add one to data.eval or choose another group")
-        return spec
+        if spec.quality != "all" and not any(dataset_quality(d) == spec.quality
+                                             for d in eval_sets):
+            raise _fail(path, "objective.quality",
+                        f"no dataset of quality {spec.quality!r} in data.eval {eval_sets}",
+                        "add one to data.eval or choose another group")
+        return
     if spec.dataset not in eval_sets:
         raise _fail(path, "objective.dataset",
                     f"objective dataset {spec.dataset!r} is not evaluated (data.eval: {eval_sets})",
@@ -334,16 +353,19 @@ def _parse_objective(path: Optional[PathLike], raw: Any, eval_sets: list[str]) -
             not spec.metric.startswith("tar_far_"):
         raise _fail(path, "objective.metric", f"unknown metric {spec.metric!r}",
                     "use acc (verification sets) or tar_far_<far> such as tar_far_1e-4 (IJB)")
-    return spec
 
 
 def _check_params(path: Optional[PathLike], params: dict[str, Any]) -> None:
-    """Checks fixed params name model or training settings (private "_" keys pass through)."""
-    try:
-        from facefuse.model import FusionConfig
-        from facefuse.train import TrainConfig
-    except ImportError:  # pragma: no cover - both exist in this repository
-        return
+    """Checks fixed params are scalars naming model or training settings ("_" keys pass)."""
+    for key, value in params.items():
+        if not isinstance(value, (str, int, float, bool)) or value is None:
+            raise _fail(path, f"params.{key}", f"params.{key} must be a number, string or "
+                        f"boolean, got {value!r}", "fixed params are scalars; search lists "
+                        "in a search space file")
+    # facefuse.train's config imports torch: seconds that a job with no params never pays.
+    from facefuse.model import FusionConfig
+    from facefuse.train.loop import TrainConfig
+
     known = {f.name for f in dataclasses.fields(FusionConfig)} | \
         {f.name for f in dataclasses.fields(TrainConfig)}
     # Set by the platform from the job or the data, never by hand.
@@ -369,105 +391,43 @@ def parse_job(raw: Any, path: Optional[PathLike] = None) -> JobSpec:
     if not isinstance(raw, dict):
         raise _fail(path, "(top level)", "a job file must be a YAML mapping",
                     "start from jobs/quickstart.yaml")
-    _check_keys(path, "", raw, _TOP_KEYS)
-    sections: dict[str, dict[str, Any]] = {}
-    for name, cls in _SECTIONS.items():
-        given = _coerce(path, name, raw.get(name, {}) if raw.get(name) is not None else {}, dict)
-        _check_keys(path, f"{name}.", given, [f.name for f in dataclasses.fields(cls)])
-        sections[name] = given
+    for key in raw:
+        if key not in _FILE_KEYS:
+            raise _unknown_key(path, "", key, _FILE_KEYS)
+    given = dict(raw)
+    for name in (*_SECTIONS, "params"):
+        if given.get(name) is None:
+            given[name] = {}  # "data:" with nothing under it is an empty section
+    if not given.get("ablation"):
+        given["ablation"] = {}
+    if "objective" in given:
+        given["objective"] = _objective_raw(given["objective"])
+    try:
+        job = JobSpec.model_validate(given)
+    except ValidationError as exc:
+        raise _translate(path, exc) from None
+    try:
+        AblationSpec.model_validate(job.ablation)
+    except ValidationError as exc:
+        raise _translate(path, exc, AblationSpec, ("ablation",)) from None
+    job.source = None if path is None else os.fspath(path)
 
-    name = _coerce(path, "name", raw.get("name"), str)
-    if any(c in name for c in "/\\ ") or name.startswith("."):
-        raise _fail(path, "name", f"name {name!r} must be usable as a directory name",
+    if any(c in job.name for c in "/\\ ") or job.name.startswith("."):
+        raise _fail(path, "name", f"name {job.name!r} must be usable as a directory name",
                     "use letters, digits, '-', '_' and '.' only")
-
-    d = sections["data"]
-    data = DataSpec(
-        root=_coerce(path, "data.root", d.get("root"), str, optional=True),
-        train=_coerce(path, "data.train", d.get("train"), str),
-        eval=_coerce(path, "data.eval", d.get("eval"), list),
-        cache_dir=_coerce(path, "data.cache_dir", d.get("cache_dir", EMBEDDED), str, optional=True),
-    )
+    data = job.data
     if not data.eval:
         raise _fail(path, "data.eval", "data.eval is empty", "name at least one dataset to evaluate")
     for i, ds in enumerate(data.eval):
-        _coerce(path, f"data.eval[{i}]", ds, str)
         _check_dataset(path, f"data.eval[{i}]", ds)
     if len(set(data.eval)) != len(data.eval):
         raise _fail(path, "data.eval", f"data.eval lists a dataset twice: {data.eval}",
                     "list each dataset once")
     _check_dataset(path, "data.train", data.train)
+    _check_params(path, job.params)
+    _check_objective(path, job.objective, data.eval)
 
-    b = sections["backbones"]
-    backbones = BackboneSpec(
-        arcface=_coerce(path, "backbones.arcface", b.get("arcface", EMBEDDED), str),
-        adaface=_coerce(path, "backbones.adaface", b.get("adaface", EMBEDDED), str),
-    )
-
-    a = sections["asha"]
-    asha = AshaSpec(
-        grace_period=_coerce(path, "asha.grace_period", a.get("grace_period", 1), int),
-        reduction_factor=_coerce(path, "asha.reduction_factor", a.get("reduction_factor", 2), int),
-        max_t=_coerce(path, "asha.max_t", a.get("max_t"), int, optional=True),
-    )
-    r = sections["resources"]
-    resources = ResourceSpec(
-        workers_per_trial=_coerce(path, "resources.workers_per_trial",
-                                  r.get("workers_per_trial", 1), int),
-        gpus_per_worker=_coerce(path, "resources.gpus_per_worker", r.get("gpus_per_worker", 0), float),
-        cpus_per_worker=_coerce(path, "resources.cpus_per_worker", r.get("cpus_per_worker", 1), float),
-        max_concurrent_trials=_coerce(path, "resources.max_concurrent_trials",
-                                      r.get("max_concurrent_trials", 2), int),
-    )
-    t = sections["tracking"]
-    tracking = TrackingSpec(
-        uri=_coerce(path, "tracking.uri", t.get("uri"), str, optional=True),
-        experiment=_coerce(path, "tracking.experiment", t.get("experiment"), str, optional=True),
-    )
-    params = _coerce(path, "params", raw.get("params") if raw.get("params") is not None else {},
-                     dict)
-    for key, value in params.items():
-        if not isinstance(value, (str, int, float, bool)) or value is None:
-            raise _fail(path, f"params.{key}", f"params.{key} must be a number, string or "
-                        f"boolean, got {value!r}", "fixed params are scalars; search lists "
-                        "in a search space file")
-    _check_params(path, params)
-
-    ablation = _coerce(path, "ablation", raw.get("ablation") or {}, dict)
-    _check_keys(path, "ablation.", ablation, _ABLATION_KEYS)
-    for key in _ABLATION_KEYS:
-        if key in ablation:
-            _coerce(path, f"ablation.{key}", ablation[key], list)
-
-    variant = raw.get("variant")
-    if variant is not None:
-        variant = str(_coerce(path, "variant", variant, (str)))
-    job = JobSpec(
-        name=name,
-        data=data,
-        backbones=backbones,
-        search_space=_coerce(path, "search_space", raw.get("search_space"), str),
-        objective=_parse_objective(path, raw.get("objective"), data.eval),
-        trials=_coerce(path, "trials", raw.get("trials", 8), int),
-        epochs=_coerce(path, "epochs", raw.get("epochs", 3), int),
-        asha=asha,
-        resources=resources,
-        max_failures=_coerce(path, "max_failures", raw.get("max_failures", 1), int),
-        tracking=tracking,
-        storage=_coerce(path, "storage", raw.get("storage"), str, optional=True),
-        seed=_coerce(path, "seed", raw.get("seed", 0), int),
-        variant=variant,
-        params=dict(params),
-        ablation=dict(ablation),
-        source=None if path is None else os.fspath(path),
-    )
-    _at_least(path, "trials", job.trials, 1)
-    _at_least(path, "epochs", job.epochs, 1)
-    _at_least(path, "seed", job.seed, 0)
-    _at_least(path, "max_failures", job.max_failures, 0)
-    _at_least(path, "asha.grace_period", asha.grace_period, 1)
-    _at_least(path, "asha.reduction_factor", asha.reduction_factor, 2)
-    _at_least(path, "asha.max_t", asha.max_t, 1)
+    asha, resources = job.asha, job.resources
     if asha.max_t is not None and asha.max_t > job.epochs:
         raise _fail(path, "asha.max_t", f"asha.max_t={asha.max_t} exceeds epochs={job.epochs}",
                     "leave asha.max_t unset (it defaults to epochs) or raise epochs")
@@ -475,14 +435,11 @@ def parse_job(raw: Any, path: Optional[PathLike] = None) -> JobSpec:
         raise _fail(path, "asha.grace_period",
                     f"asha.grace_period={asha.grace_period} exceeds max_t={job.max_t}",
                     "use a grace period of at most the number of epochs")
-    _at_least(path, "resources.workers_per_trial", resources.workers_per_trial, 1)
-    _at_least(path, "resources.gpus_per_worker", resources.gpus_per_worker, 0)
-    _at_least(path, "resources.max_concurrent_trials", resources.max_concurrent_trials, 1)
     if resources.cpus_per_worker <= 0:
         raise _fail(path, "resources.cpus_per_worker",
                     f"resources.cpus_per_worker must be > 0, got {resources.cpus_per_worker}",
                     "give a positive number (fractions such as 0.5 are allowed)")
-    if "beta" in params:
+    if "beta" in job.params:
         logger.warning("%s: params.beta fixes beta for every trial", path)
     job.written = job.to_dict()
     return job
@@ -519,9 +476,9 @@ def resolve_paths(job: JobSpec, cwd: Optional[PathLike] = None) -> JobSpec:
 
     base = Path(cwd or os.getcwd()).resolve()
     emb = embedded_paths(base)
-    out = dataclasses.replace(
-        job, data=dataclasses.replace(job.data), backbones=dataclasses.replace(job.backbones),
-        tracking=dataclasses.replace(job.tracking), params=dict(job.params), resolved=True)
+    out = job.model_copy(update={
+        "data": job.data.model_copy(), "backbones": job.backbones.model_copy(),
+        "tracking": job.tracking.model_copy(), "params": dict(job.params), "resolved": True})
 
     root = job.data.root or os.environ.get("FACEFUSE_DATA") or EMBEDDED
     out.data.root = str(emb.data_root) if root == EMBEDDED else _abs(root, base)
