@@ -291,26 +291,6 @@ def _distribution(values: Sequence[str]) -> Any:
     return FloatDistribution(lo, hi, log=log)
 
 
-def _space_distributions(space: Any) -> dict[str, Any]:
-    """Returns optuna distributions of a facefuse.sweep SearchSpace's parameters."""
-    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
-                                      IntDistribution)
-
-    out: dict[str, Any] = {}
-    for name, spec in space.params.items():
-        if spec.distribution == "categorical":
-            out[name] = CategoricalDistribution(list(spec.choices))
-        elif spec.distribution == "int":
-            out[name] = IntDistribution(int(spec.low), int(spec.high), log=spec.log,
-                                        step=int(spec.step or 1))
-        elif spec.distribution == "loguniform":
-            out[name] = FloatDistribution(spec.low, spec.high, log=True)
-        else:
-            out[name] = FloatDistribution(spec.low, spec.high, log=spec.log,
-                                          step=None if spec.log else spec.step)
-    return out
-
-
 def sweep_space(client: "MlflowClient", parent: Optional["Run"]) -> Optional[dict[str, Any]]:
     """Returns the optuna distributions of the search space logged on a sweep's parent run."""
     if parent is None:
@@ -327,7 +307,8 @@ def sweep_space(client: "MlflowClient", parent: Optional["Run"]) -> Optional[dic
             return None
         try:
             local = client.download_artifacts(parent.info.run_id, path, tmp)
-            return _space_distributions(load_search_space(local))
+            return {name: spec.optuna_distribution()
+                    for name, spec in load_search_space(local).params.items()}
         except (FacefuseError, OSError, ValueError) as exc:
             logger.warning("search space %s of sweep run %s unreadable (%s); inferring "
                            "distributions from the trials", name, parent.info.run_id, exc)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from facefuse.errors import ConfigError
 
@@ -34,12 +35,53 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-DISTRIBUTIONS = ("float", "int", "loguniform", "categorical")
-_KEYS = {
-    "float": ("distribution", "low", "high", "step", "log", "when"),
-    "int": ("distribution", "low", "high", "step", "log", "when"),
-    "loguniform": ("distribution", "low", "high", "when"),
-    "categorical": ("distribution", "choices", "when"),
+
+class _Keys(BaseModel):
+    """The keys a distribution takes; values are checked by ``_parse_param`` (YAML reads 1e-4 as
+    a string, which the range parser accepts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RangeKeys(_Keys):
+    distribution: Any = None
+    low: Any = None
+    high: Any = None
+    step: Any = None
+    log: Any = False
+    when: Any = None
+
+
+class LogRangeKeys(_Keys):
+    distribution: Any = None
+    low: Any = None
+    high: Any = None
+    when: Any = None
+
+
+class ChoiceKeys(_Keys):
+    distribution: Any = None
+    choices: Any = None
+    when: Any = None
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """What a ``distribution:`` name means: its keys, and how Optuna draws from it."""
+
+    keys: type[_Keys]
+    categorical: bool = False
+    integer: bool = False
+    #: True: always log scale; None: the file's ``log`` key decides.
+    log: Optional[bool] = None
+
+
+#: Every distribution a search space may name; adding one here is all a new one needs.
+DISTRIBUTIONS: dict[str, Distribution] = {
+    "float": Distribution(RangeKeys),
+    "int": Distribution(RangeKeys, integer=True),
+    "loguniform": Distribution(LogRangeKeys, log=True),
+    "categorical": Distribution(ChoiceKeys, categorical=True),
 }
 #: Parameters that must be odd: a window or kernel centred on its position.
 ODD_PARAMS = ("local_window", "dw_kernel")
@@ -60,9 +102,9 @@ class ParamSpec:
 
     def values_hint(self) -> str:
         """Returns a short human description, e.g. "loguniform[1e-05, 0.01]"."""
-        if self.distribution == "categorical":
-            return f"categorical{list(self.choices)}"
-        log = "(log)" if self.log and self.distribution != "loguniform" else ""
+        if DISTRIBUTIONS[self.distribution].categorical:
+            return f"{self.distribution}{list(self.choices)}"
+        log = "(log)" if self.log and DISTRIBUTIONS[self.distribution].log is None else ""
         return f"{self.distribution}{log}[{self.low:g}, {self.high:g}]"
 
     def active(self, sampled: Mapping[str, Any]) -> bool:
@@ -71,18 +113,31 @@ class ParamSpec:
 
     def suggest(self, trial: Any) -> Any:
         """Returns a value drawn through an Optuna trial."""
-        if self.distribution == "categorical":
+        dist = DISTRIBUTIONS[self.distribution]
+        if dist.categorical:
             return trial.suggest_categorical(self.name, list(self.choices))
-        if self.distribution == "int":
+        if dist.integer:
             return trial.suggest_int(self.name, int(self.low), int(self.high),
                                      step=int(self.step or 1), log=self.log)
-        if self.distribution == "loguniform":
-            return trial.suggest_float(self.name, self.low, self.high, log=True)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def optuna_distribution(self) -> Any:
+        """Returns the parameter as an optuna distribution (for importances of a finished sweep)."""
+        from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                          IntDistribution)
+
+        dist = DISTRIBUTIONS[self.distribution]
+        if dist.categorical:
+            return CategoricalDistribution(list(self.choices))
+        if dist.integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log,
+                                   step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.log,
+                                 step=None if self.log else self.step)
 
     def contains(self, value: Any) -> bool:
         """Returns whether a value lies in the parameter's domain."""
-        if self.distribution == "categorical":
+        if DISTRIBUTIONS[self.distribution].categorical:
             return value in self.choices
         return isinstance(value, numbers.Real) and self.low <= value <= self.high
 
@@ -167,12 +222,16 @@ def _parse_param(path: Path, name: str, raw: Any, earlier: Mapping[str, ParamSpe
     if dist not in DISTRIBUTIONS:
         raise ConfigError(path, f"unknown distribution {dist!r}", field=f"{key}.distribution",
                           fix=f"use one of: {', '.join(DISTRIBUTIONS)}")
-    for k in raw:
-        if k not in _KEYS[dist]:
-            close = difflib.get_close_matches(str(k), _KEYS[dist], n=1, cutoff=0.5)
-            raise ConfigError(path, f"unknown key {k!r} for a {dist} parameter",
-                              field=f"{key}.{k}", fix=f"did you mean {close[0]!r}?" if close
-                              else f"valid keys: {', '.join(_KEYS[dist])}")
+    kind = DISTRIBUTIONS[dist]
+    try:
+        kind.keys.model_validate(raw)
+    except ValidationError as exc:
+        k = exc.errors()[0]["loc"][0]  # the only error a keys model raises: an unknown key
+        allowed = list(kind.keys.model_fields)
+        close = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.5)
+        raise ConfigError(path, f"unknown key {k!r} for a {dist} parameter",
+                          field=f"{key}.{k}", fix=f"did you mean {close[0]!r}?" if close
+                          else f"valid keys: {', '.join(allowed)}") from None
 
     when: list[tuple[str, tuple[Any, ...]]] = []
     cond = raw.get("when") or {}
@@ -188,7 +247,7 @@ def _parse_param(path: Path, name: str, raw: Any, earlier: Mapping[str, ParamSpe
         allowed = allowed if isinstance(allowed, list) else [allowed]
         when.append((str(other), tuple(allowed)))
 
-    if dist == "categorical":
+    if kind.categorical:
         choices = raw.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ConfigError(path, f"{key}.choices must be a non-empty list", field=f"{key}.choices",
@@ -219,7 +278,7 @@ def _parse_param(path: Path, name: str, raw: Any, earlier: Mapping[str, ParamSpe
         raise ConfigError(path, f"empty range: low={low:g} >= high={high:g}", field=key,
                           fix="make low smaller than high (for a constant, put it in the job's "
                               "params instead)")
-    log = dist == "loguniform" or bool(raw.get("log", False))
+    log = kind.log if kind.log is not None else bool(raw.get("log", False))
     if log and low <= 0:
         raise ConfigError(path, f"a log-scale range needs low > 0, got {low:g}", field=f"{key}.low",
                           fix="use a positive lower bound such as 1.0e-5")
@@ -231,7 +290,7 @@ def _parse_param(path: Path, name: str, raw: Any, earlier: Mapping[str, ParamSpe
         if log:
             raise ConfigError(path, "a stepped range cannot be log-scale", field=f"{key}.step",
                               fix="drop step or log")
-    if dist == "int":
+    if kind.integer:
         for k, v in (("low", low), ("high", high), ("step", step)):
             if v is not None and not float(v).is_integer():
                 raise ConfigError(path, f"{key}.{k} must be an integer, got {v:g}",
@@ -297,7 +356,7 @@ def check_against_fixed(space: SearchSpace, fixed: Mapping[str, Any],
         spec = space.params.get(name)
         if spec is None:
             continue
-        values = spec.choices if spec.distribution == "categorical" else \
+        values = spec.choices if DISTRIBUTIONS[spec.distribution].categorical else \
             range(int(spec.low), int(spec.high) + 1, int(spec.step or 1))
         bad = [v for v in values if int(d_model) % int(v)]
         if bad:
