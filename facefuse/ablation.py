@@ -37,6 +37,7 @@ import pandas as pd
 
 from facefuse.data._io import atomic_write_text
 from facefuse.errors import ConfigError
+from facefuse.tables import format_table
 from facefuse.selection import higher_is_better, is_seed_param, run_params, run_variant
 from facefuse.tracking import schema as S
 from facefuse.tracking.store import (experiment_ids, open_tracking, resolve_tracking_uri,
@@ -337,16 +338,6 @@ def ablation_table(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> p
     return table
 
 
-def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in body)) if body else len(str(h))
-              for i, h in enumerate(header)]
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *(line(r) for r in body)])
-
-
 def table_markdown(table: pd.DataFrame) -> str:
     """Returns the table as GitHub markdown, followed by the betas behind its cells."""
     if table.empty:
@@ -370,13 +361,14 @@ def table_markdown(table: pd.DataFrame) -> str:
     n = stats["n"] if not stats.empty else pd.Series(dtype=int)
     seeds = f"{int(n.min())}" if len(n) and n.min() == n.max() else \
         (f"{int(n.min())}-{int(n.max())}" if len(n) else "0")
-    parts = [_md_table(header, body), "",
+    # Cells as str() writes them (a beta of the index reads 0.1, not format_cell's 4 digits).
+    parts = [format_table(header, [[str(c) for c in r] for r in body]), "",
              f"Final-epoch primary metric ({unit}mean ± std over {seeds} seeds), {how}."]
     betas: pd.DataFrame = table.attrs.get("beta", pd.DataFrame())
     if mode == "best" and not betas.empty:
-        bbody = [[idx] + ["-" if b != b else f"{b:g}" for b in row]
+        bbody = [[str(idx)] + ["-" if b != b else f"{b:g}" for b in row]
                  for idx, row in zip(betas.index, betas.values.tolist())]
-        parts += ["", "Beta behind each cell:", "", _md_table(["variant"] + list(betas.columns),
+        parts += ["", "Beta behind each cell:", "", format_table(["variant"] + list(betas.columns),
                                                                bbody)]
     return "\n".join(parts) + "\n"
 
@@ -470,18 +462,18 @@ def _run_with_sweep(job: Any, args: argparse.Namespace,
     return result.tracking_uri or None, result.experiment_name, result.sweep_id
 
 
-def run_ablation(args: argparse.Namespace, run_grid: Optional[GridRunner] = None
-                 ) -> AblationResult:
+def run_ablation(args: argparse.Namespace, run_grid: Optional[GridRunner] = None,
+                 job: Optional[Any] = None) -> AblationResult:
     """Returns the ablation's rows and table after running its Tune grid.
 
     Variants, betas and seeds come from the arguments, else the job's ``ablation`` section
     (when the job schema has one), else the defaults. ``run_grid(args, param_space)`` returns
     (tracking_uri, experiment, sweep_id); by default ``facefuse.sweep.run_sweep`` runs the job
-    with the grid as its param space and without ASHA.
+    with the grid as its param space and without ASHA. ``job`` is the job file already parsed
+    (and prepared) by the command; without it the file is read here.
     """
     _parse_beta_mode(args.table_beta)  # a wrong table option fails before any training
-    job = None
-    if run_grid is None:
+    if job is None and run_grid is None:
         from facefuse.sweep import load_job
 
         job = load_job(args.job)

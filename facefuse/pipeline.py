@@ -50,22 +50,6 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
     return job, trial_context(job)
 
 
-def results_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """Returns a plain-text table of dict rows (missing values shown as '-')."""
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return "-" if v is None else str(v)
-
-    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
-              for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
 def sweep_rows(tracking_uri: str, sweep_id: str, datasets: list[str]) -> list[dict[str, Any]]:
     """Returns one row per trial run of a sweep: status, key params, objective, primary metrics."""
     from facefuse.data import get_dataset

@@ -41,6 +41,7 @@ from facefuse.selection import (
     run_params,
     run_variant,
 )
+from facefuse.tables import format_table
 from facefuse.tracking import schema as S
 from facefuse.tracking.store import experiment_ids, open_tracking, search_all_runs, tracking_call
 
@@ -429,9 +430,7 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
         best_csv = atomic_write_text(out / "best_beta_by_dataset.csv", _csv_text(header, rows_csv))
         report.files += [png, best_csv]
         sections += ["## Beta trade-off", "", f"![metric vs beta]({png.name})", "",
-                     "| " + " | ".join(header[:3] + header[6:]) + " |",
-                     "|" + "---|" * (len(header) - 3)]
-        sections += ["| " + " | ".join(r[:3] + r[6:]) + " |" for r in rows_csv]
+                     format_table(header[:3] + header[6:], [r[:3] + r[6:] for r in rows_csv])]
         sections.append("")
     else:
         report.skipped.append("beta plot: no finished trial logged a beta and a dataset metric")

@@ -18,8 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from facefuse.pipeline import prepare_job
 
-        prepare_job(args.job)  # embedded data, backbones and the feature cache first
-        print(format_ablation(run_ablation(args)))
+        # Embedded data, backbones and the feature cache first; the job is parsed once, here.
+        job, _ = prepare_job(args.job)
+        print(format_ablation(run_ablation(args, job=job)))
         return 0
 
     return run_command(body)

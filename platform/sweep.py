@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     from platform._cli import run_command
 
     def body() -> int:
-        from facefuse.pipeline import best_beta_lines, prepare_job, results_table, sweep_rows
+        from facefuse.pipeline import best_beta_lines, prepare_job, sweep_rows
         from facefuse.sweep import run_sweep
+        from facefuse.tables import format_table
 
         job, _ = prepare_job(args.job)
         result = run_sweep(job, resume=not args.fresh, retry_errored=args.retry_failed)
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                 "local_window", "lr", "objective", *datasets]
         print(f"\nsweep {result.sweep_id} ({'resumed' if result.resumed else 'new'}): "
               f"{len(result.trials)} trials, {result.num_errors} failed, {result.wall_s:.0f}s")
-        print(results_table(rows, [c for c in cols if any(c in r for r in rows)]))
+        shown = [c for c in cols if any(c in r for r in rows)]
+        print(format_table(shown, [[r.get(c) for c in shown] for r in rows], markdown=False))
         print("\nbest beta per dataset (python -m platform.best_beta --dataset NAME for details):")
         print("\n".join(best_beta_lines(result.tracking_uri, result.experiment_name, datasets)))
         if result.pending_tracking_ops:
