@@ -62,7 +62,6 @@ DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 #: training the full model for every variant.
 ABLATION_KEY = "ablation"
 QUALITY_ORDER = ("high", "mixed", "low")
-ROW_FIELDS = ("variant", "beta", "seed", "dataset", "metric", "value", "run_id")
 
 BetaMode = Union[str, float]
 

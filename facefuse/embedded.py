@@ -61,11 +61,6 @@ def embedded_paths(cwd: Optional[os.PathLike[str] | str] = None) -> EmbeddedPath
     return EmbeddedPaths(Path(cwd or os.getcwd()).resolve() / EMBEDDED_DIRNAME)
 
 
-def default_tracking_uri(cwd: Optional[os.PathLike[str] | str] = None) -> str:
-    """Returns the absolute sqlite URI of ``mlflow.db`` in the starting directory."""
-    return "sqlite:///" + str(Path(cwd or os.getcwd()).resolve() / "mlflow.db")
-
-
 def ensure_synth(data_root: Path, seed: int = 0) -> bool:
     """Builds the synthetic suite unless complete; returns True when it had to build."""
     from facefuse.synth import build_suite, suite_is_complete
@@ -100,11 +95,3 @@ def ensure_tiny_backbones(data_root: Path, out_dir: Path, seed: int = 0) -> bool
     result = pretrain_tiny_backbones(data_root, out_dir, seed=seed)
     atomic_write_json(marker, {"seed": seed, "result": result})
     return True
-
-
-def ensure_embedded(paths: EmbeddedPaths, seed: int = 0) -> EmbeddedPaths:
-    """Returns the paths after making sure the synthetic data and tiny backbones exist."""
-    paths.base.mkdir(parents=True, exist_ok=True)
-    ensure_synth(paths.data_root, seed)
-    ensure_tiny_backbones(paths.data_root, paths.backbones_dir, seed)
-    return paths

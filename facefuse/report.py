@@ -32,7 +32,6 @@ import numpy as np
 from facefuse.ablation import QUALITY_ORDER, ablation_table, rows_from_runs, write_table
 from facefuse.data._io import atomic_write, atomic_write_text
 from facefuse.selection import (
-    EVAL_KINDS,
     collect_trials,
     fit_curve,
     group_settings,
@@ -102,7 +101,7 @@ def _evaluated_datasets(runs: Sequence["Run"]) -> list[str]:
             if "/" in key and name in DATASETS and name not in found:
                 found.append(name)
     order = list(DATASETS)
-    return sorted((d for d in found if d in DATASETS and DATASETS[d].kind in EVAL_KINDS),
+    return sorted((d for d in found if d in DATASETS and DATASETS[d].is_eval),
                   key=order.index)
 
 

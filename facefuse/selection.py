@@ -37,8 +37,6 @@ if TYPE_CHECKING:  # mlflow costs seconds to import; commands that fail early sh
 logger = logging.getLogger(__name__)
 
 EPOCH_POLICIES = ("last_common", "best")
-#: Registry kinds that are evaluated per epoch (training sets have no benchmark metric).
-EVAL_KINDS = ("verification", "ijb")
 DEFAULT_MODEL_NAME = "facefuse-fusion"
 #: Bootstrap resamples for the curve's band; seeded so the same store gives the same band.
 N_BOOTSTRAP = 200
@@ -60,7 +58,7 @@ def dataset_metric(dataset: str, metric: Optional[str] = None) -> str:
     """Returns the MLflow metric key ('<dataset>/<metric>') for a registered dataset."""
     from facefuse.data import DATASETS
 
-    evaluated = sorted(n for n, spec in DATASETS.items() if spec.kind in EVAL_KINDS)
+    evaluated = sorted(n for n, spec in DATASETS.items() if spec.is_eval)
     if dataset not in evaluated:
         raise ConfigError(None, f"unknown evaluation dataset {dataset!r}", field="dataset",
                           fix=f"use one of: {', '.join(evaluated)}")

@@ -57,9 +57,6 @@ EMBEDDED = "embedded"
 QUALITY_GROUPS = ("high", "mixed", "low", "all")
 METRIC_NAMES = ("acc", "tar_far_1e-4")
 
-#: Environment variables whose values must never reach params, tags or artifacts.
-SECRET_ENV_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
-                   "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "DATABRICKS_TOKEN")
 
 
 class _Spec(BaseModel):

@@ -3,8 +3,9 @@
 ``quadratic_trainable`` is NOT the face-recognition model. It reports deterministic, made-up
 per-epoch metrics computed from its config (a smooth bowl in log10(beta) per dataset quality,
 rising with the epoch) in exactly the shape the real trainable (``facefuse.train.run_trial``)
-reports, and checkpoints every epoch. ``python -m platform.sweep --self-test`` and the tests of
-``facefuse.sweep`` use it to check Tune, Optuna, ASHA, resume and MLflow tracking in seconds.
+reports, and checkpoints every epoch. The tests of ``facefuse.sweep`` and
+``benchmarks/bench_load.py --trainable selftest`` use it to check Tune, Optuna, ASHA, resume
+and MLflow tracking in seconds.
 
 Fault knobs (config keys starting with ``_``, which the real trainable ignores):
 ``_fail_above_beta``: raise (as a NaN loss would) at epoch 2 when beta exceeds it;

@@ -100,13 +100,6 @@ class ParamSpec:
     choices: tuple[Any, ...] = ()
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
-    def values_hint(self) -> str:
-        """Returns a short human description, e.g. "loguniform[1e-05, 0.01]"."""
-        if DISTRIBUTIONS[self.distribution].categorical:
-            return f"{self.distribution}{list(self.choices)}"
-        log = "(log)" if self.log and DISTRIBUTIONS[self.distribution].log is None else ""
-        return f"{self.distribution}{log}[{self.low:g}, {self.high:g}]"
-
     def active(self, sampled: Mapping[str, Any]) -> bool:
         """Returns whether the parameter's conditions hold for the values sampled so far."""
         return all(name in sampled and sampled[name] in allowed for name, allowed in self.when)
@@ -184,12 +177,12 @@ class DefineByRun:
         return dict(self.constants)
 
 
-def _known_params() -> Optional[set[str]]:
-    try:
-        from facefuse.model import FusionConfig
-        from facefuse.train import TrainConfig
-    except ImportError:  # pragma: no cover
-        return None
+def _known_params() -> set[str]:
+    """Returns the names a search space may search: model and training settings."""
+    # facefuse.train.loop imports torch: seconds a command pays only when it reads a space.
+    from facefuse.model import FusionConfig
+    from facefuse.train.loop import TrainConfig
+
     return {f.name for f in dataclasses.fields(FusionConfig)} | \
         {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -208,9 +201,9 @@ def _number(path: Path, key: str, value: Any) -> float:
 
 
 def _parse_param(path: Path, name: str, raw: Any, earlier: Mapping[str, ParamSpec],
-                 known: Optional[set[str]]) -> ParamSpec:
+                 known: set[str]) -> ParamSpec:
     key = f"params.{name}"
-    if known is not None and not name.startswith("_") and name not in known:
+    if not name.startswith("_") and name not in known:
         close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.5)
         raise ConfigError(path, f"{name!r} is not a model or training setting", field=key,
                           fix=f"did you mean {close[0]!r}?" if close else
@@ -239,7 +232,7 @@ def _parse_param(path: Path, name: str, raw: Any, earlier: Mapping[str, ParamSpe
         raise ConfigError(path, f"{key}.when must map parameter names to allowed values",
                           field=f"{key}.when", fix="write e.g. when: {branches: [local, both]}")
     for other, allowed in cond.items():
-        if other not in earlier and (known is None or other not in known):
+        if other not in earlier and other not in known:
             raise ConfigError(path, f"condition on unknown parameter {other!r}",
                               field=f"{key}.when.{other}",
                               fix="condition on a parameter listed earlier in this file or a "
@@ -347,11 +340,9 @@ def check_against_fixed(space: SearchSpace, fixed: Mapping[str, Any],
                               fix="remove it from one of the two")
     d_model = fixed.get("d_model")
     if d_model is None:
-        try:
-            from facefuse.model import FusionConfig
-            d_model = FusionConfig.d_model
-        except ImportError:  # pragma: no cover
-            return
+        from facefuse.model import FusionConfig
+
+        d_model = FusionConfig.d_model
     for name in ("local_heads", "global_heads"):
         spec = space.params.get(name)
         if spec is None:
