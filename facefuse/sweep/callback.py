@@ -106,31 +106,29 @@ class MlflowTrackingCallback(Callback):
                  artifact_location: Optional[str] = None,
                  flush_timeout_s: float = 120.0, initial_backoff_s: float = 1.0,
                  max_backoff_s: float = 30.0) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment_name = experiment_name
-        self.sweep_id = sweep_id
-        self.state_dir = str(state_dir)
-        self.sweep_tags = dict(sweep_tags or {})
-        self.trial_tags = dict(trial_tags or {})
-        self.sweep_params = dict(sweep_params or {})
-        self.sweep_artifacts = list(sweep_artifacts)
+        self.writer = SweepWriter(tracking_uri, experiment_name, sweep_id, state_dir,
+                                  sweep_tags=sweep_tags, trial_tags=trial_tags,
+                                  sweep_params=sweep_params, sweep_artifacts=sweep_artifacts,
+                                  artifact_location=artifact_location)
         self.trial_context = dict(trial_context or {})
         self.full_budget_epochs = full_budget_epochs
-        self.artifact_location = artifact_location
         self.flush_timeout_s = flush_timeout_s
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self._init_runtime()
 
     # ------------------------------------------------------------------ state
+    @property
+    def sweep_id(self) -> str:
+        return self.writer.sweep_id
+
+    @property
+    def state_dir(self) -> Path:
+        return self.writer.state_dir
+
     def _init_runtime(self) -> None:
-        self._writer = SweepWriter(
-            self.tracking_uri, self.experiment_name, self.sweep_id, self.state_dir,
-            sweep_tags=self.sweep_tags, trial_tags=self.trial_tags,
-            sweep_params=self.sweep_params, sweep_artifacts=self.sweep_artifacts,
-            artifact_location=self.artifact_location)
-        self._queue = OperationQueue(Path(self.state_dir) / BACKLOG_FILE,
-                                     redact_uri(self.tracking_uri), self._writer.execute,
+        self._queue = OperationQueue(self.state_dir / BACKLOG_FILE,
+                                     redact_uri(self.writer.tracking_uri), self.writer.execute,
                                      self.initial_backoff_s, self.max_backoff_s)
         self._enqueued_step: dict[str, int] = {}
         self._loaded = False
@@ -152,11 +150,11 @@ class MlflowTrackingCallback(Callback):
     @property
     def parent_run_id(self) -> Optional[str]:
         """Returns the sweep's parent run id once created."""
-        return self._writer.parent_run_id
+        return self.writer.parent_run_id
 
     def run_id_of(self, trial_id: str) -> Optional[str]:
         """Returns the MLflow run id of a trial once created."""
-        return self._writer.run_id_of(trial_id)
+        return self.writer.run_id_of(trial_id)
 
     @property
     def pending_operations(self) -> int:
@@ -167,9 +165,9 @@ class MlflowTrackingCallback(Callback):
         if self._loaded:
             return
         self._loaded = True
-        self._writer.load_map()
+        self.writer.load_map()
         self._queue.load_backlog()
-        self._enqueued_step = self._writer.last_steps()
+        self._enqueued_step = self.writer.last_steps()
         for op in self._queue:
             if op["op"] == "metrics":
                 self._enqueued_step[op["trial"]] = max(self._enqueued_step.get(op["trial"], 0),
@@ -290,7 +288,7 @@ class MlflowTrackingCallback(Callback):
         """Returns (local path, artifact dir) pairs: resolved config, ROC files, best checkpoint."""
         out: list[tuple[str, Optional[str]]] = []
         trial_dir = Path(trial.local_path or "")
-        cfg_path = Path(self.state_dir) / "trial_configs" / f"{trial.trial_id}.json"
+        cfg_path = self.state_dir / "trial_configs" / f"{trial.trial_id}.json"
         atomic_write_json(cfg_path, {"config": dict(trial.config), "context": self.trial_context,
                               "sweep_id": self.sweep_id, "trial_id": trial.trial_id})
         out.append((str(cfg_path), S.ARTIFACT_CONFIG))

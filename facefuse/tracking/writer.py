@@ -81,6 +81,16 @@ class SweepWriter:
         self._map: dict[str, Any] = {}
         self._synced: set[str] = set()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the callback that holds this writer: settings only, no client or map.
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client = None
+        self._map = {}
+        self._synced = set()
+
     # ------------------------------------------------------------------ the run map
     @property
     def map_path(self) -> Path:
