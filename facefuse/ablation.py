@@ -1,16 +1,7 @@
 """The ablation grid (variants x betas x seeds), its results from MLflow, and the paper-style table.
 
-Variant names are used in MLflow tags (``facefuse.variant``), JSON rows and tables:
-
-============  =====================================================================
-full          local + global attention, VIB, both backbones (the proposed model)
-local_only    only the local attention branch
-global_only   only the global attention branch
-no_vib        no bottleneck (plain embedding; beta does not apply: one row per seed)
-concat        concatenated maps instead of attention (the fusion baseline)
-arcface_only  the ArcFace backbone's map alone
-adaface_only  the AdaFace backbone's map alone
-============  =====================================================================
+Variants are the ``VARIANTS`` registry below (name -> model overrides, each described there);
+their names are used in MLflow tags (``facefuse.variant``), JSON rows and tables.
 
 The grid runs as one Ray Tune ``grid_search`` over whole trial configs (not a product of
 per-key grids, which would cross no_vib with every beta); see ``ablation_param_space``.
@@ -47,12 +38,19 @@ logger = logging.getLogger(__name__)
 
 #: Model overrides (facefuse.model.FusionConfig fields) of each variant, in table order.
 VARIANTS: dict[str, dict[str, Any]] = {
+    # local + global attention, VIB, both backbones (the proposed model)
     "full": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "both"},
+    # only the local attention branch
     "local_only": {"branches": "local", "vib": True, "fusion": "attention", "inputs": "both"},
+    # only the global attention branch
     "global_only": {"branches": "global", "vib": True, "fusion": "attention", "inputs": "both"},
+    # no bottleneck (plain embedding; beta does not apply: one row per seed)
     "no_vib": {"branches": "both", "vib": False, "fusion": "attention", "inputs": "both"},
+    # concatenated maps instead of attention (the fusion baseline)
     "concat": {"branches": "both", "vib": True, "fusion": "concat", "inputs": "both"},
+    # the ArcFace backbone's map alone
     "arcface_only": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "arcface"},
+    # the AdaFace backbone's map alone
     "adaface_only": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "adaface"},
 }
 DEFAULT_BETAS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)

@@ -176,7 +176,7 @@ def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
 
     Ablation runs of other variants than ``variants`` are left out (a local-only model's best
     beta is not the fusion's). When any trial ran its full budget only those are used: ASHA stops
-    trials early, and their early-epoch values are not comparable (STACK_NOTES.md).
+    trials early, and their early-epoch values are not comparable (docs/architecture.md).
     """
     if epoch_policy not in EPOCH_POLICIES:
         raise ConfigError(None, f"unknown epoch policy {epoch_policy!r}", field="epoch_policy",

@@ -9,7 +9,7 @@ then exposes the command submodules (``platform.sweep``, ``platform.best_beta``,
 A submodule whose name is a public attribute of the standard module (``version.py``,
 ``system.py``...) would overwrite that function when imported, so such names are refused here.
 Nothing that Ray pickles may live in this package: workers started without a runtime_env hold
-the standard module (see DESIGN.md, "The name platform").
+the standard module (docs/architecture.md, "Why platform/ carries the standard module").
 """
 
 import os as _os

@@ -172,7 +172,7 @@ def pair_scores(feats: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) -> np.nda
         # appear swapped and no orientation is needed: one GEMM of the p1 templates with the
         # p2 templates (IJB-C: 3,531 x 19,593, 0.55 GB), then one gather. The operands are
         # gathered copies, so numpy never sees X @ X.T of one buffer (OpenBLAS's symmetric
-        # kernel crashes on IJB-C sized inputs here, STACK_NOTES.md).
+        # kernel segfaults on IJB-C sized inputs; docs/architecture.md, "Known limits").
         gram = feats[used1] @ np.ascontiguousarray(feats[used2].T)
         flat = _positions(used1)[idx1].astype(_index_dtype(n1 * n2))
         flat *= n2

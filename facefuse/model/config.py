@@ -29,7 +29,7 @@ DEFAULT_MARGINS = {"arcface": 0.5, "cosface": 0.35, "softmax": 0.0}
 
 @dataclass
 class FusionConfig:
-    """Every knob of the fusion head (see DESIGN.md, "The model").
+    """Every knob of the fusion head (docs/architecture.md, "The model").
 
     Defaults are the embedded (CPU) default: d_model 128 keeps a forward+backward step of the
     head at batch 128 fast on one core while the inputs stay the backbones' real 512 x 7 x 7.

@@ -126,7 +126,8 @@ def resolve_trainable(trainable: Optional[Trainable]) -> Callable[..., None]:
     if fn.__module__.split(".")[0] == "platform":
         # Workers started without a runtime_env hold the standard-library platform module.
         raise ConfigError(None, f"trainable {trainable!r} lives under platform/", field="trainable",
-                          fix="move it into the facefuse package (see DESIGN.md)")
+                          fix="move it into the facefuse package (docs/architecture.md, "
+                              "\"Why platform/ carries the standard module\")")
     return fn
 
 
@@ -177,7 +178,8 @@ def init_ray(**kwargs: Any) -> None:
     """Joins RAY_ADDRESS when set, else starts a local Ray sized to the machine (dashboard on).
 
     The dashboard (State API) must run: ASHA-stopped Train trials free their placement groups
-    through it (STACK_NOTES.md). It binds to 127.0.0.1 unless the caller says otherwise.
+    through it (docs/architecture.md, "Known limits"). It binds to 127.0.0.1 unless the caller
+    says otherwise.
     """
     import ray
 
