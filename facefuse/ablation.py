@@ -15,14 +15,13 @@ its final epoch (fixed budget, no per-run selection on the benchmark).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -236,7 +235,7 @@ def write_rows_json(rows: Sequence[dict[str, Any]], path: Union[str, os.PathLike
 # ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
-def _parse_beta_mode(beta: BetaMode) -> BetaMode:
+def parse_beta_mode(beta: BetaMode) -> BetaMode:
     if isinstance(beta, str) and beta not in ("best", "all"):
         try:
             return float(beta)
@@ -253,7 +252,7 @@ def ablation_stats(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> p
     ``beta``: "best" keeps each (variant, dataset)'s best beta, "all" keeps every beta, a
     number keeps that beta (variants without a bottleneck keep their single row).
     """
-    beta = _parse_beta_mode(beta)
+    beta = parse_beta_mode(beta)
     cols = ["variant", "dataset", "metric", "beta", "mean", "std", "n"]
     if not rows:
         return pd.DataFrame(columns=cols)
@@ -305,7 +304,7 @@ def ablation_table(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> p
     ``table.attrs["beta"]`` holds the beta behind each cell (a DataFrame of the same shape) and
     ``table.attrs["stats"]`` the numeric ``ablation_stats``.
     """
-    beta = _parse_beta_mode(beta)
+    beta = parse_beta_mode(beta)
     stats = ablation_stats(rows, beta)
     if stats.empty:
         table = pd.DataFrame()
@@ -406,91 +405,17 @@ def ablation_results(tracking_uri: Optional[str], experiment: str, sweep_id: Opt
                           table=ablation_table(rows, beta), json_path=written)
 
 
-def beta_list(text: str) -> list[float]:
-    """Returns the floats of a comma-separated argument ("0.01,0.1,1")."""
-    return [float(v) for v in text.split(",") if v.strip()]
+def run_ablation_grid(job: Any, param_space: dict[str, Any], tracking_uri: Optional[str] = None
+                      ) -> tuple[Optional[str], str, str]:
+    """Returns (tracking URI, experiment, sweep id) after running the grid as the job's sweep.
 
-
-def seed_list(text: str) -> list[int]:
-    """Returns the integers of a comma-separated argument ("0,1,2")."""
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def variant_list(text: str) -> list[str]:
-    """Returns the names of a comma-separated argument ("full,no_vib")."""
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def add_ablation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Returns the parser with the ablation command's arguments added."""
-    parser.add_argument("job", help="job YAML (data, backbones, epochs, resources, tracking)")
-    parser.add_argument("--variants", type=variant_list, default=None,
-                        help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)")
-    parser.add_argument("--betas", type=beta_list, default=None,
-                        help="comma-separated betas (default: the job's list, else "
-                             f"{','.join(f'{b:g}' for b in DEFAULT_BETAS)})")
-    parser.add_argument("--seeds", type=seed_list, default=None,
-                        help="comma-separated seeds (default: the job's list, else "
-                             f"{','.join(str(s) for s in DEFAULT_SEEDS)})")
-    parser.add_argument("--json", dest="json_path", default=None, metavar="FILE",
-                        help="write the rows (variant, beta, seed, dataset, metric, value) here")
-    parser.add_argument("--table-beta", default="best",
-                        help="table cells at each variant's best beta per dataset ('best', "
-                             "default), one row per beta ('all'), or one beta value")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: the job's, MLFLOW_TRACKING_URI, or "
-                             "sqlite:///<cwd>/mlflow.db)")
-    return parser
-
-
-GridRunner = Callable[[argparse.Namespace, dict[str, Any]], tuple[Optional[str], str, str]]
-
-
-def _run_with_sweep(job: Any, args: argparse.Namespace,
-                    space: dict[str, Any]) -> tuple[Optional[str], str, str]:
-
-    from facefuse.sweep import run_sweep
-
-    if args.tracking_uri:
-        job = job.model_copy(update={"tracking": job.tracking.model_copy(
-            update={"uri": args.tracking_uri})})
-    # Every grid point runs its full budget: ASHA would stop variants on early-epoch noise.
-    result = run_sweep(job, param_space=space, use_asha=False)
-    return result.tracking_uri or None, result.experiment_name, result.sweep_id
-
-
-def run_ablation(args: argparse.Namespace, run_grid: Optional[GridRunner] = None,
-                 job: Optional[Any] = None) -> AblationResult:
-    """Returns the ablation's rows and table after running its Tune grid.
-
-    Variants, betas and seeds come from the arguments, else the job's ``ablation`` section
-    (when the job schema has one), else the defaults. ``run_grid(args, param_space)`` returns
-    (tracking_uri, experiment, sweep_id); by default ``facefuse.sweep.run_sweep`` runs the job
-    with the grid as its param space and without ASHA. ``job`` is the job file already parsed
-    (and prepared) by the command; without it the file is read here.
+    ``tracking_uri`` replaces the job's store when given.
     """
-    _parse_beta_mode(args.table_beta)  # a wrong table option fails before any training
-    if job is None and run_grid is None:
-        from facefuse.sweep import load_job
+    from facefuse.sweep import run_sweep  # ray and optuna: only when a grid really runs
 
-        job = load_job(args.job)
-    defaults = dict(getattr(job, "ablation", None) or {})
-    space = ablation_param_space(args.variants or defaults.get("variants"),
-                                 args.betas or defaults.get("betas"),
-                                 args.seeds or defaults.get("seeds"))
-    if run_grid is None:
-        uri, experiment, sweep_id = _run_with_sweep(job, args, space)
-    else:
-        uri, experiment, sweep_id = run_grid(args, space)
-    return ablation_results(uri, experiment, sweep_id, beta=args.table_beta,
-                            json_path=args.json_path)
-
-
-def format_ablation(result: AblationResult) -> str:
-    """Returns the text the ablation command prints: the markdown table and where rows went."""
-    lines = [f"ablation ({result.experiment}" + (f", sweep {result.sweep_id}" if result.sweep_id
-                                                 else "") + f"): {len(result.rows)} rows", "",
-             table_markdown(result.table).rstrip()]
-    if result.json_path is not None:
-        lines += ["", f"rows written to {result.json_path}"]
-    return "\n".join(lines)
+    if tracking_uri:
+        job = job.model_copy(update={"tracking": job.tracking.model_copy(
+            update={"uri": tracking_uri})})
+    # Every grid point runs its full budget: ASHA would stop variants on early-epoch noise.
+    result = run_sweep(job, param_space=param_space, use_asha=False)
+    return result.tracking_uri or None, result.experiment_name, result.sweep_id

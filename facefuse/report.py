@@ -1,6 +1,6 @@
 """Reports built from MLflow alone: ablation table, beta trade-off plot, ROC curves, importances.
 
-``build_report(tracking_uri, experiment, out_dir)`` writes every file into ``out_dir`` and logs
+``make_report(tracking_uri, experiment, out_dir)`` writes every file into ``out_dir`` and logs
 them to the experiment's parent (sweep) runs under ``report/``:
 
 - ``ablation.md`` / ``ablation.csv``: the ablation table, when ablation runs exist;
@@ -16,7 +16,6 @@ them to the experiment's parent (sweep) runs under ``report/``:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -61,7 +60,7 @@ LOG_SPAN = 100.0
 
 @dataclass
 class Report:
-    """What build_report wrote, what it skipped (with reasons) and where it logged the files."""
+    """What make_report wrote, what it skipped (with reasons) and where it logged the files."""
 
     out_dir: Path
     files: list[Path] = field(default_factory=list)
@@ -503,46 +502,3 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
 
 def _safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:80] or "sweep"
-
-
-def build_report(tracking_uri: Optional[str], experiment: str,
-                 out_dir: Union[str, os.PathLike]) -> list[Path]:
-    """Returns the files written to out_dir (and logged to the parent runs) for an experiment."""
-    return make_report(tracking_uri, experiment, out_dir).files
-
-
-# ---------------------------------------------------------------------------------------------
-# Command layer helpers (platform/report.py)
-# ---------------------------------------------------------------------------------------------
-def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Returns the parser with the report command's arguments added."""
-    parser.add_argument("--experiment", required=True, help="MLflow experiment (the job's name)")
-    parser.add_argument("--out", required=True, help="directory for the report files")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
-                             "sqlite:///<cwd>/mlflow.db)")
-    parser.add_argument("--table-beta", default="best",
-                        help="ablation cells at each variant's best beta per dataset ('best'), "
-                             "one row per beta ('all'), or one beta value")
-    parser.add_argument("--no-log", action="store_true",
-                        help="do not log the files to the parent runs")
-    return parser
-
-
-def run_report(args: argparse.Namespace) -> Report:
-    """Returns the Report for parsed report arguments."""
-    return make_report(args.tracking_uri, args.experiment, args.out,
-                       log_artifacts=not args.no_log, table_beta=args.table_beta)
-
-
-def format_report(report: Report) -> str:
-    """Returns the text the report command prints: files written, skipped parts, logging."""
-    lines = [f"report written to {report.out_dir}:"]
-    lines += [f"  {p.name}" for p in report.files]
-    if report.skipped:
-        lines.append("skipped:")
-        lines += [f"  {s}" for s in report.skipped]
-    if report.logged_to:
-        lines.append(f"logged under {REPORT_ARTIFACT_DIR}/ to parent run(s): "
-                     f"{', '.join(report.logged_to)}")
-    return "\n".join(lines)

@@ -3,14 +3,96 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 
+import numpy as np
+
+from facefuse.selection import (DEFAULT_MODEL_NAME, EPOCH_POLICIES, BetaSelection, register_choice,
+                                select_beta)
+from facefuse.tables import format_table
 from platform._cli import run_command
 
 
-def main(argv: list[str] | None = None) -> int:
-    from facefuse.selection import add_best_beta_args, format_best_beta, run_best_beta
+def add_best_beta_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Returns the parser with the best_beta command's arguments added."""
+    parser.add_argument("--dataset", required=True,
+                        help="registered dataset name (lfw, ijbb, synth_ijbc, ...)")
+    parser.add_argument("--metric", default=None,
+                        help="metric to maximise (default: the dataset's primary metric), e.g. "
+                             "acc or tar_far_1e-3")
+    parser.add_argument("--experiment", default=None,
+                        help="only this MLflow experiment (default: every experiment)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                             "sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--epoch-policy", choices=EPOCH_POLICIES, default="last_common",
+                        help="compare trials at their last common epoch or each at its best "
+                             "epoch (default: last_common)")
+    parser.add_argument("--top", type=int, default=5, help="runner-ups to list (default 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--register", action="store_true",
+                        help="tag the chosen run and register a model version with alias "
+                             "best-<dataset>")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
+                        help=f"registered model name for --register (default {DEFAULT_MODEL_NAME})")
+    return parser
 
+
+def run_best_beta(args: argparse.Namespace) -> BetaSelection:
+    """Returns the selection for parsed best_beta arguments (registered when --register)."""
+    selection = select_beta(args.tracking_uri, args.dataset, metric=args.metric,
+                            experiment=args.experiment, epoch_policy=args.epoch_policy,
+                            n_runner_ups=args.top)
+    if args.register:
+        register_choice(args.tracking_uri, selection, model_name=args.model_name)
+    return selection
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def format_best_beta(selection: BetaSelection, as_json: bool = False) -> str:
+    """Returns the text the best_beta command prints (one JSON object with as_json)."""
+    if as_json:
+        return json.dumps(selection.to_json(), sort_keys=True)
+    s = selection
+    when = (f"at the last common epoch {s.epoch}" if s.epoch_policy == "last_common"
+            else "each trial at its best epoch")
+    pool = "full-budget trials" if s.full_budget_only else "trials (none ran its full budget)"
+    band_i = int(np.argmin(np.abs(np.log10(s.curve.beta) - math.log10(s.curve_beta))))
+    lines = [
+        f"best beta for {s.dataset}: {s.beta:g}",
+        f"  {s.metric} = {_fmt(s.value)}" + (f" ± {_fmt(s.value_std)} over {s.n_seeds} seeds"
+                                            if s.n_seeds > 1 else " (1 seed)")
+        + f", run {s.run_id} (experiment {s.experiment})",
+        f"  compared {when}; {s.n_trials} {pool} in {s.n_settings} settings",
+        f"  curve prefers beta = {s.curve_beta:.3g}: {_fmt(s.curve_value)} "
+        f"({int(round(s.curve.level * 100))}% band {_fmt(s.curve.lower[band_i])}"
+        f"..{_fmt(s.curve.upper[band_i])}), bandwidth {s.curve.bandwidth_decades:g} decades, "
+        f"supported by {s.n_support} trial{'s' if s.n_support != 1 else ''}",
+        f"  best single trial: beta = {s.best_trial_beta:g}, {_fmt(s.best_trial_value)} "
+        f"(run {s.best_trial_run_id}), {abs(s.distance_decades):.2f} decades and "
+        f"{abs(s.distance_metric):.4f} from the curve's optimum",
+    ]
+    if s.registration is not None:
+        r = s.registration
+        lines.append(f"  registered {r.model_name} version {r.version} as alias {r.alias}")
+    if s.runner_ups:
+        lines.append("runner-ups:")
+        header = ["beta", "mean", "std", "n", "curve", "run_id"] + s.varying_params
+        rows = [[f"{u['beta']:.4g}", _fmt(u["value"]), _fmt(u["std"]) if u["n"] > 1 else "-",
+                 str(u["n"]),
+                 _fmt(u["curve"]), u["run_id"]] + [u["params"].get(k, "") for k in s.varying_params]
+                for u in s.runner_ups]
+        table = format_table(header, rows, markdown=False)
+        lines += ["  " + line for line in table.splitlines()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = add_best_beta_args(argparse.ArgumentParser(prog="python -m platform.best_beta",
                                                         description=__doc__))
     args = parser.parse_args(argv)

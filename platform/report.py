@@ -5,12 +5,45 @@ from __future__ import annotations
 import argparse
 import sys
 
+from facefuse.report import REPORT_ARTIFACT_DIR, Report, make_report
 from platform._cli import run_command
 
 
-def main(argv: list[str] | None = None) -> int:
-    from facefuse.report import add_report_args, format_report, run_report
+def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Returns the parser with the report command's arguments added."""
+    parser.add_argument("--experiment", required=True, help="MLflow experiment (the job's name)")
+    parser.add_argument("--out", required=True, help="directory for the report files")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                             "sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--table-beta", default="best",
+                        help="ablation cells at each variant's best beta per dataset ('best'), "
+                             "one row per beta ('all'), or one beta value")
+    parser.add_argument("--no-log", action="store_true",
+                        help="do not log the files to the parent runs")
+    return parser
 
+
+def run_report(args: argparse.Namespace) -> Report:
+    """Returns the Report for parsed report arguments."""
+    return make_report(args.tracking_uri, args.experiment, args.out,
+                       log_artifacts=not args.no_log, table_beta=args.table_beta)
+
+
+def format_report(report: Report) -> str:
+    """Returns the text the report command prints: files written, skipped parts, logging."""
+    lines = [f"report written to {report.out_dir}:"]
+    lines += [f"  {p.name}" for p in report.files]
+    if report.skipped:
+        lines.append("skipped:")
+        lines += [f"  {s}" for s in report.skipped]
+    if report.logged_to:
+        lines.append(f"logged under {REPORT_ARTIFACT_DIR}/ to parent run(s): "
+                     f"{', '.join(report.logged_to)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = add_report_args(argparse.ArgumentParser(prog="python -m platform.report",
                                                      description=__doc__))
     args = parser.parse_args(argv)

@@ -20,14 +20,12 @@ from facefuse.ablation import (
     ablation_results,
     ablation_stats,
     ablation_table,
-    add_ablation_args,
     collect_ablation_rows,
-    format_ablation,
-    run_ablation,
     table_markdown,
     write_table,
 )
 from facefuse.errors import ConfigError
+from platform.ablation import add_ablation_args, format_ablation, run_ablation
 from facefuse.model import FusionConfig
 
 

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from PIL import Image
 
-from facefuse.report import (add_report_args, format_report, make_report, run_report,
-                             sweep_importances)
+from facefuse.report import make_report, sweep_importances
+from platform.report import add_report_args, format_report, run_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -18,13 +18,11 @@ from mlflow.entities import Metric, Param
 
 from facefuse.errors import ConfigError, FacefuseError
 from facefuse.tracking.store import TrackingError
+from platform.best_beta import add_best_beta_args, format_best_beta, run_best_beta
 from facefuse.selection import (
     NoRunsError,
-    add_best_beta_args,
     fit_curve,
-    format_best_beta,
     register_choice,
-    run_best_beta,
     select_beta,
 )
 
