@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from facefuse.errors import ConfigError
+from facefuse.sweep.jobs import JobSpec, load_job, resolve_paths, trial_context
 from facefuse.embedded import embedded_paths, ensure_synth, ensure_tiny_backbones
 from facefuse.tracking import schema as S
 from facefuse.tracking.store import experiment_ids, open_tracking, search_all_runs
@@ -16,14 +18,13 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | str] = None,
-                build_cache: bool = True):
+                build_cache: bool = True) -> tuple[JobSpec, dict[str, Any]]:
     """Returns (resolved JobSpec, trial context) after making everything the job reads exist.
 
     Embedded pieces (synthetic data, tiny backbones) are built when the job names them and they
     are not complete yet; the feature cache is filled for the train set and every eval set.
     """
-    from facefuse.features.dataset import BackbonePair, dataset_maps
-    from facefuse.sweep.jobs import load_job, resolve_paths, trial_context
+    from facefuse.features.dataset import BackbonePair, dataset_maps  # torch: seconds
 
     job = resolve_paths(load_job(path), cwd)
     emb = embedded_paths(cwd)
@@ -36,7 +37,6 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
     for name in ("arcface", "adaface"):
         ckpt = Path(getattr(job.backbones, name))
         if not ckpt.exists():
-            from facefuse.errors import ConfigError
             raise ConfigError(job.source, f"checkpoint {str(ckpt)!r} does not exist",
                               field=f"backbones.{name}",
                               fix="give the path of an insightface backbone.pth or AdaFace .ckpt")
@@ -75,20 +75,3 @@ def sweep_rows(tracking_uri: str, sweep_id: str, datasets: list[str]) -> list[di
         rows.append(row)
     rows.sort(key=lambda r: -(r["objective"] if r["objective"] is not None else -1e9))
     return rows
-
-
-def best_beta_lines(tracking_uri: str, experiment: str, datasets: list[str]) -> list[str]:
-    """Returns one line per dataset with the beta facefuse.selection chooses from this experiment."""
-    from facefuse.errors import FacefuseError
-    from facefuse.selection import select_beta
-
-    lines = []
-    for ds in datasets:
-        try:
-            sel = select_beta(tracking_uri, ds, experiment=experiment)
-        except FacefuseError as exc:
-            lines.append(f"  {ds:16s} no choice: {exc}")
-            continue
-        lines.append(f"  {ds:16s} beta={sel.beta:.3g}  {sel.metric}={sel.value:.4f}  "
-                     f"(curve prefers {sel.curve_beta:.3g}; {sel.n_trials} trials, run {sel.run_id[:8]})")
-    return lines

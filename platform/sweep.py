@@ -10,6 +10,24 @@ import argparse
 import sys
 from pathlib import Path
 
+from facefuse.errors import FacefuseError
+from facefuse.selection import select_beta
+from facefuse.tables import format_table
+
+
+def best_beta_lines(tracking_uri: str, experiment: str, datasets: list[str]) -> list[str]:
+    """Returns one line per dataset with the beta facefuse.selection chooses from this experiment."""
+    lines = []
+    for ds in datasets:
+        try:
+            sel = select_beta(tracking_uri, ds, experiment=experiment)
+        except FacefuseError as exc:
+            lines.append(f"  {ds:16s} no choice: {exc}")
+            continue
+        lines.append(f"  {ds:16s} beta={sel.beta:.3g}  {sel.metric}={sel.value:.4f}  "
+                     f"(curve prefers {sel.curve_beta:.3g}; {sel.n_trials} trials, run {sel.run_id[:8]})")
+    return lines
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m platform.sweep", description=__doc__)
@@ -23,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     from platform._cli import run_command
 
     def body() -> int:
-        from facefuse.pipeline import best_beta_lines, prepare_job, sweep_rows
+        # torch and ray: imported only once the arguments are known to be good
+        from facefuse.pipeline import prepare_job, sweep_rows
         from facefuse.sweep import run_sweep
-        from facefuse.tables import format_table
 
         job, _ = prepare_job(args.job)
         result = run_sweep(job, resume=not args.fresh, retry_errored=args.retry_failed)
