@@ -39,6 +39,8 @@ from facefuse.selection import (
     run_params,
     run_variant,
 )
+from facefuse.errors import FacefuseError
+from facefuse.sweep.spaces import load_search_space
 from facefuse.tables import format_table
 from facefuse.tracking import schema as S
 from facefuse.tracking.store import experiment_ids, open_tracking, search_all_runs, tracking_call
@@ -297,9 +299,6 @@ def sweep_space(client: "MlflowClient", parent: Optional["Run"]) -> Optional[dic
     name = parent.data.tags.get(S.TAG_SEARCH_SPACE, "")
     if not name:
         return None
-    from facefuse.errors import FacefuseError
-    from facefuse.sweep.spaces import load_search_space
-
     with tempfile.TemporaryDirectory() as tmp:
         path = _find_artifact(client, parent.info.run_id, name)
         if path is None:

@@ -24,18 +24,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from facefuse.data._io import atomic_write, atomic_write_json
+from facefuse.sweep.jobs import dataset_quality
 
 logger = logging.getLogger(__name__)
 
 #: Where the made-up metric peaks, in log10(beta), per dataset quality.
 BETA_OPTIMUM = {"high": -4.0, "mixed": -2.5, "low": -1.0, "unknown": -2.5}
 IJB_MARKERS = ("ijb",)
-
-
-def _quality(name: str) -> str:
-    from facefuse.sweep.jobs import dataset_quality
-
-    return dataset_quality(name)
 
 
 def fake_metrics(config: dict[str, Any], epoch: int, datasets: list[str]) -> dict[str, float]:
@@ -47,7 +42,7 @@ def fake_metrics(config: dict[str, Any], epoch: int, datasets: list[str]) -> dic
     out: dict[str, float] = {"epoch": float(epoch)}
     lr_term = 0.02 * (math.log10(lr) + 3.0) ** 2
     for ds in datasets:
-        q = _quality(ds)
+        q = dataset_quality(ds)
         bowl = 0.05 * (math.log10(max(beta, 1e-12)) - BETA_OPTIMUM.get(q, -2.5)) ** 2
         window_term = 0.01 * abs(window - (1 if q == "high" else 5))
         acc = max(0.5, min(0.999, 0.5 + 0.45 * progress - bowl - lr_term - window_term))
@@ -66,7 +61,7 @@ def _objective(metrics: dict[str, float], spec: dict[str, Any], datasets: list[s
         metric = spec.get("metric") or ("tar_far_1e-4" if f"{ds}/tar_far_1e-4" in metrics else "acc")
         return metrics[f"{ds}/{metric}"]
     q = spec.get("quality", "all")
-    chosen = [d for d in datasets if q == "all" or _quality(d) in (q, "unknown")] or datasets
+    chosen = [d for d in datasets if q == "all" or dataset_quality(d) in (q, "unknown")] or datasets
 
     def primary(d: str) -> float:
         return metrics.get(f"{d}/tar_far_1e-4", metrics[f"{d}/acc"])
