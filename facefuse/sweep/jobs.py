@@ -198,10 +198,8 @@ class JobSpec(_Spec):
         return hashlib.sha256(blob).hexdigest()
 
 
-#: Keys a job file may hold (the rest of JobSpec's fields are set by the platform).
-_FILE_KEYS = ("name", "seed", "data", "backbones", "search_space", "objective", "trials",
-              "epochs", "asha", "resources", "max_failures", "tracking", "storage", "variant",
-              "params", "ablation")
+#: Keys a job file may hold: JobSpec's fields less those the platform sets.
+_FILE_KEYS = tuple(k for k in JobSpec.model_fields if k not in ("source", "resolved", "written"))
 #: Sections whose value may be left empty (``data:`` with nothing under it) in the file.
 _SECTIONS = ("data", "backbones", "asha", "resources", "tracking")
 
@@ -268,9 +266,11 @@ def _translate(path: Optional[PathLike], exc: ValidationError, root: Optional[ty
         want = _ERROR_KINDS.get(kind, "str")
         model = _model_at(root, loc)
         if kind == "missing" and model is not None:
-            ann = str(model.model_fields[str(loc[-1])].annotation)
-            want = next((k for k in ("list", "dict", "int", "float") if k in ann), "str")
-            want = "dict" if "Spec" in ann else want
+            ann = model.model_fields[str(loc[-1])].annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                want = "dict"  # a section
+            else:
+                want = next((k for k in ("list", "dict", "int", "float") if k in str(ann)), "str")
         return _fail(path, key, f"{key} is required", f"give {_TYPE_NAMES[want]}")
     if kind == "finite_number":
         return _fail(path, key, f"{key} must be finite, got {float(value)}", "give a finite number")
