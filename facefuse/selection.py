@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # mlflow costs seconds to import; commands that fail early sh
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
+    from facefuse.stats import BetaEstimate, TrialCurve
+
 logger = logging.getLogger(__name__)
 
 EPOCH_POLICIES = ("last_common", "best")
@@ -48,6 +50,45 @@ DEFAULT_BANDWIDTH = 0.5
 
 class NoRunsError(FacefuseError):
     """No finished trial run evaluated the requested dataset and metric."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out parts and sweeps
+# ---------------------------------------------------------------------------------------------
+#: Parts of an evaluated benchmark (subject-disjoint): trials log ``<dataset>/sel/<metric>``
+#: (selection), ``<dataset>/test/<metric>`` (report) beside the full-set ``<dataset>/<metric>``,
+#: and the benchmark's bootstrap standard error as ``<dataset>/sel/<metric>_se``.
+SELECTION_PART = "sel"
+REPORT_PART = "test"
+SE_SUFFIX = "_se"
+#: Model-version tag: where the estimated curve peaks (TAG_SELECTED_BETA is the run's beta).
+TAG_SELECTED_BETA_ESTIMATE = "facefuse.beta_estimate"
+
+
+def trial_filter(sweep_id: Optional[str] = None) -> str:
+    """Returns the search filter for finished trial runs, of one sweep when sweep_id is given."""
+    if sweep_id is None:
+        return S.FINISHED_TRIAL_FILTER
+    quoted = sweep_id.replace("'", "''")
+    return f"{S.FINISHED_TRIAL_FILTER} and tags.`{S.TAG_SWEEP_ID}` = '{quoted}'"
+
+
+def part_key(metric_key: str, part: str) -> str:
+    """Returns the key of a benchmark part's metric: ('lfw/acc', 'sel') -> 'lfw/sel/acc'."""
+    dataset, metric = metric_key.split("/", 1)
+    return f"{dataset}/{part}/{metric}"
+
+
+def latest_sweep_id(client: "MlflowClient", ids: dict[str, str]) -> Optional[str]:
+    """Returns the sweep id of the most recently started finished trial (None if untagged)."""
+    if not ids:
+        return None
+    page = tracking_call("finding the latest sweep", client.search_runs, list(ids),
+                         S.FINISHED_TRIAL_FILTER, max_results=1,
+                         order_by=["attributes.start_time DESC"])
+    if not page:
+        return None
+    return page[0].data.tags.get(S.TAG_SWEEP_ID) or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +210,7 @@ def _history_values(client: "MlflowClient", run_id: str, key: str) -> list[tuple
 
 def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
                    epoch_policy: str = "last_common",
-                   variants: Sequence[str] = ("full",)
+                   variants: Sequence[str] = ("full",), sweep_id: Optional[str] = None
                    ) -> tuple[list[TrialValue], Optional[int], bool]:
     """Returns (trials at the compared epoch, the common epoch or None, full-budget-only flag).
 
@@ -180,7 +221,7 @@ def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
     if epoch_policy not in EPOCH_POLICIES:
         raise ConfigError(None, f"unknown epoch policy {epoch_policy!r}", field="epoch_policy",
                           fix=f"use one of: {', '.join(EPOCH_POLICIES)}")
-    runs = search_all_runs(client, ids, S.FINISHED_TRIAL_FILTER)
+    runs = search_all_runs(client, ids, trial_filter(sweep_id))
     candidates = []
     for run in runs:
         variant = run_variant(run)
@@ -249,6 +290,45 @@ def group_settings(trials: Sequence[TrialValue], higher: bool = True) -> list[Se
             best_run_id=best.run_id))
     settings.sort(key=lambda s: s.mean, reverse=higher)
     return settings
+
+
+def collect_curves(client: "MlflowClient", ids: dict[str, str], metric_key: str,
+                   sweep_id: Optional[str], variants: Sequence[str] = ("full",)
+                   ) -> tuple[list["TrialCurve"], dict[str, "Run"], Optional[int]]:
+    """Returns (every finished trial's metric history, their runs by id, the full budget's epoch).
+
+    Unlike collect_trials this keeps ASHA-stopped trials: the estimator uses them through the
+    survivors' learning curves. The budget is the last epoch of the full-budget trials (None
+    when no trial is tagged as having run its full budget).
+    """
+    from facefuse.stats import TrialCurve
+
+    runs = search_all_runs(client, ids, trial_filter(sweep_id))
+    curves: list[TrialCurve] = []
+    by_id: dict[str, Run] = {}
+    budget: Optional[int] = None
+    for run in runs:
+        variant = run_variant(run)
+        if (variant and variant not in variants) or metric_key not in run.data.metrics:
+            continue
+        try:
+            beta = float(run_params(run).get("beta", "nan"))
+        except ValueError:
+            continue
+        if not (math.isfinite(beta) and beta > 0):
+            continue
+        hist = _history_values(client, run.info.run_id, metric_key)
+        if not hist:
+            continue
+        if S.is_true(run.data.tags.get(S.TAG_FULL_BUDGET)):
+            budget = max(budget or 0, hist[-1][0])
+        nuisance = {k: _canonical(v) for k, v in run_params(run).items()
+                    if k not in ("beta", "variant") and not is_seed_param(k)}
+        se = float(run.data.metrics.get(metric_key + SE_SUFFIX, 0.0))
+        curves.append(TrialCurve(trial_id=run.info.run_id, beta=beta, history=dict(hist),
+                                 nuisance=nuisance, se=se if math.isfinite(se) else 0.0))
+        by_id[run.info.run_id] = run
+    return curves, by_id, budget
 
 
 def _local_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.ndarray,
@@ -369,6 +449,22 @@ class BetaSelection:
     runner_ups: list[dict[str, Any]] = field(default_factory=list)
     varying_params: list[str] = field(default_factory=list)
     registration: Optional[RegisteredChoice] = None
+    #: The estimator's answer (facefuse.stats): None when the sweep is too small for the curve.
+    estimate: Optional["BetaEstimate"] = None
+    beta_interval: Optional[tuple[float, float]] = None
+    value_interval: Optional[tuple[float, float]] = None
+    #: The choice's value on the report part of the benchmark (no subject used in selection).
+    heldout_value: Optional[float] = None
+    #: The choice's value on the full benchmark (what papers report), beside the held-out one.
+    full_value: Optional[float] = None
+    verdict: str = ""
+    #: The chosen setting's mean over its seeds (the old ``value``).
+    trial_mean: float = float("nan")
+    sweep_id: Optional[str] = None
+    #: The metric key the choice was made on (the selection part when the trials logged it).
+    selection_metric: str = ""
+    selection_split: bool = False
+    pooled: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Returns the selection as one JSON-ready object."""
@@ -384,7 +480,22 @@ class BetaSelection:
                            "value": self.best_trial_value},
             "distance_decades": self.distance_decades, "distance_metric": self.distance_metric,
             "params": self.params, "runner_ups": self.runner_ups,
+            "beta_interval": list(self.beta_interval) if self.beta_interval else None,
+            "value_interval": list(self.value_interval) if self.value_interval else None,
+            "heldout_value": self.heldout_value, "full_value": self.full_value,
+            "verdict": self.verdict, "trial_mean": self.trial_mean, "sweep_id": self.sweep_id,
+            "selection_metric": self.selection_metric, "selection_split": self.selection_split,
+            "pooled": self.pooled,
         }
+        if self.estimate is not None:
+            est = self.estimate
+            out["trials"] = [{"run_id": rid, "epochs": ep} for rid, ep in est.epochs.items()]
+            out["budget_epoch"] = est.budget_epoch
+            out["n_full"] = est.n_full
+            out["n_extrapolated"] = est.n_extrapolated
+            out["n_dropped"] = est.n_dropped
+            out["optimism"] = est.optimism
+            out["estimate_curve"] = est.to_json()["curve"]
         if self.registration is not None:
             out["registered"] = {"model": self.registration.model_name,
                                  "version": self.registration.version,
@@ -393,26 +504,85 @@ class BetaSelection:
         return out
 
 
+def _scope(client: "MlflowClient", ids: dict[str, str], sweep: Optional[str],
+           pool: bool) -> Optional[str]:
+    if sweep is not None:
+        return sweep
+    return None if pool else latest_sweep_id(client, ids)
+
+
+def _equal_budget(curves: list["TrialCurve"], runs: dict[str, "Run"],
+                  budget: Optional[int]) -> list["TrialCurve"]:
+    # Pooled sweeps: only trials of the budget the latest sweep ran (a 3-epoch sweep's finals
+    # are not a 30-epoch sweep's).
+    if budget is None:
+        return curves
+    budget_of: dict[str, int] = {}
+    for c in curves:
+        run = runs[c.trial_id]
+        if S.is_true(run.data.tags.get(S.TAG_FULL_BUDGET)):
+            sid = run.data.tags.get(S.TAG_SWEEP_ID, "")
+            budget_of[sid] = max(budget_of.get(sid, 0), c.last_epoch)
+    keep = [c for c in curves
+            if budget_of.get(runs[c.trial_id].data.tags.get(S.TAG_SWEEP_ID, "")) == budget]
+    if len(keep) < len(curves):
+        logger.info("pooling: left out %d trials of sweeps with another budget than %d epochs",
+                    len(curves) - len(keep), budget)
+    return keep
+
+
+def _value_at(client: "MlflowClient", ids: dict[str, str], key: str, sweep_id: Optional[str],
+              beta: float, higher: bool, run_ids: Sequence[str]) -> Optional[float]:
+    """Returns the curve of another key (report part, full set) at beta, else the runs' mean."""
+    from facefuse.stats import SweepTooSmallError, estimate_beta
+
+    curves, _, budget = collect_curves(client, ids, key, sweep_id)
+    if not curves:
+        return None
+    try:
+        # beta is fixed by the selection: this fit is not maximised, so no optimism to correct.
+        return estimate_beta(curves, higher, budget, n_bootstrap=10).at(beta)
+    except SweepTooSmallError:
+        values = [c.history[c.last_epoch] for c in curves if c.trial_id in set(run_ids)]
+        return float(np.mean(values)) if values else None
+
+
 def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str] = None,
                 experiment: Optional[str] = None, epoch_policy: str = "last_common",
-                n_runner_ups: int = 5) -> BetaSelection:
-    """Returns the beta chosen for a dataset from every finished trial in MLflow.
+                n_runner_ups: int = 5, sweep: Optional[str] = None,
+                pool: bool = False) -> BetaSelection:
+    """Returns the beta chosen for a dataset from the finished trials of one sweep in MLflow.
 
-    The choice: fit the smoothed curve over the averaged settings, take the beta the curve
-    prefers, then among the settings within one bandwidth of it the one with the best mean
-    (the nearest setting when none is that close). Its best seed's run is the chosen run.
+    The sweep is the latest one (by its trials' start) unless ``sweep`` names another or
+    ``pool`` asks for every sweep of equal budget. The choice is made on the benchmark's
+    selection part when the trials logged it (``<dataset>/sel/<metric>``), else on the full set.
+    The estimator (facefuse.stats.estimate_beta) gives the beta, its interval and the value
+    there from every trial, ASHA-stopped ones included; the chosen run is, among the settings
+    within the beta interval (else the nearest), the one with the best mean, its best seed.
+    When the sweep is too small for the estimator, the smoothed curve over the averaged
+    full-budget settings chooses, as before, and the verdict says what to run.
     """
-    metric_key = dataset_metric(dataset, metric)
+    from facefuse.stats import SweepTooSmallError, estimate_beta
+
+    full_key = dataset_metric(dataset, metric)
     client = open_tracking(tracking_uri)
     ids = experiment_ids(client, experiment)
-    higher = higher_is_better(metric_key)
-    trials, common, full_only = collect_trials(client, ids, metric_key, epoch_policy)
+    higher = higher_is_better(full_key)
+    sweep_id = _scope(client, ids, sweep, pool)
+    sel_key = part_key(full_key, SELECTION_PART)
+    scoped = search_all_runs(client, ids, trial_filter(sweep_id))
+    split = any(sel_key in r.data.metrics for r in scoped)
+    metric_key = sel_key if split else full_key
+    trials, common, full_only = collect_trials(client, ids, metric_key, epoch_policy,
+                                               sweep_id=sweep_id)
     if not trials:
         where = f"experiment {experiment!r}" if experiment else "any experiment"
+        if sweep_id is not None:
+            where += f", sweep {sweep_id}"
         store = resolve_tracking_uri(tracking_uri)
         raise NoRunsError(f"no finished trial run in {where} of {store} "
                           f"logged {metric_key} with a beta param -- run a sweep that evaluates "
-                          f"{dataset}, or pick another --metric / --experiment")
+                          f"{dataset}, or pick another --metric / --experiment / --sweep")
     settings = group_settings(trials, higher)
     curve = fit_curve([s.beta for s in settings], [s.mean for s in settings],
                       [s.n for s in settings])
@@ -422,13 +592,37 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
     x_star = float(grid_x[i_star])
     h = curve.bandwidth_decades
 
-    near = [s for s in settings if abs(math.log10(s.beta) - x_star) <= h]
+    curves, runs, budget = collect_curves(client, ids, metric_key, sweep_id)
+    if pool:
+        latest = latest_sweep_id(client, ids)
+        _, _, latest_budget = collect_curves(client, ids, metric_key, latest)
+        curves = _equal_budget(curves, runs, latest_budget)
+        budget = latest_budget
+    estimate = None
+    notes = []
+    if not split:
+        notes.append(f"the trials did not log the selection part ({sel_key}): chosen and "
+                     f"valued on the full set, no held-out value -- rerun the sweep with this "
+                     f"version of facefuse")
+    try:
+        estimate = estimate_beta(curves, higher, budget)
+    except SweepTooSmallError as exc:
+        notes.append(f"sweep too small to fit the curve ({exc}) -- run a sweep with more "
+                     f"trials (num_samples >= 12) or a confirmation round "
+                     f"(selection: {{confirm_top: 3, seeds: 3}})")
+    lo_x = hi_x = x_star
+    if estimate is not None:
+        x_star = math.log10(estimate.beta)
+        lo_x, hi_x = (math.log10(v) for v in estimate.beta_interval)
+        near = [s for s in settings if lo_x - 1e-9 <= math.log10(s.beta) <= hi_x + 1e-9]
+    else:
+        near = [s for s in settings if abs(math.log10(s.beta) - x_star) <= h]
     if near:
         chosen = near[0]  # settings are sorted best mean first
     else:
         chosen = min(settings, key=lambda s: abs(math.log10(s.beta) - x_star))
     best_trial = (max if higher else min)(trials, key=lambda t: t.value)
-    n_support = sum(1 for t in trials if abs(math.log10(t.beta) - x_star) <= h)
+    n_support = sum(1 for t in trials if abs(math.log10(t.beta) - x_star) <= max(h, hi_x - x_star))
     exp_of = {t.run_id: t.experiment for t in trials}
 
     all_params = {k for s in settings for k in s.params}
@@ -445,17 +639,34 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
                            "experiment": exp_of[s.best_run_id],
                            "params": {k: s.params.get(k, "") for k in varying}})
 
+    beta = estimate.beta if estimate is not None else chosen.beta
+    value = estimate.value if estimate is not None else chosen.mean
+    heldout = full_value = None
+    if split:
+        heldout = _value_at(client, ids, part_key(full_key, REPORT_PART), sweep_id, beta,
+                            higher, chosen.run_ids)
+        full_value = _value_at(client, ids, full_key, sweep_id, beta, higher, chosen.run_ids)
+    elif estimate is not None:
+        full_value = value
+    verdict = "; ".join(([estimate.verdict] if estimate is not None else []) + notes)
     return BetaSelection(
-        dataset=dataset, metric=metric_key, higher_is_better=higher, beta=chosen.beta,
-        value=chosen.mean, value_std=chosen.std, n_seeds=chosen.n, run_id=chosen.best_run_id,
+        dataset=dataset, metric=full_key, higher_is_better=higher, beta=beta,
+        value=value, value_std=chosen.std, n_seeds=chosen.n, run_id=chosen.best_run_id,
         experiment=exp_of[chosen.best_run_id], n_trials=len(trials), n_settings=len(settings),
         epoch_policy=epoch_policy, epoch=common, full_budget_only=full_only, curve=curve,
-        curve_beta=float(10.0 ** x_star), curve_value=float(mean[i_star]), n_support=n_support,
+        curve_beta=float(10.0 ** float(grid_x[i_star])), curve_value=float(mean[i_star]),
+        n_support=n_support,
         best_trial_run_id=best_trial.run_id, best_trial_beta=best_trial.beta,
         best_trial_value=best_trial.value,
-        distance_decades=float(x_star - math.log10(best_trial.beta)),
+        distance_decades=float(grid_x[i_star] - math.log10(best_trial.beta)),
         distance_metric=float(best_trial.value - mean[i_star]),
-        params=dict(chosen.params), runner_ups=runner_ups, varying_params=varying)
+        params=dict(chosen.params), runner_ups=runner_ups, varying_params=varying,
+        estimate=estimate,
+        beta_interval=estimate.beta_interval if estimate is not None else None,
+        value_interval=estimate.value_interval if estimate is not None else None,
+        heldout_value=heldout, full_value=full_value, verdict=verdict,
+        trial_mean=chosen.mean, sweep_id=sweep_id, selection_metric=metric_key,
+        selection_split=split, pooled=pool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,12 +724,16 @@ def register_choice(tracking_uri: Optional[str], selection: BetaSelection,
                        "platform.best_beta; aliases best-<dataset>")
     alias = f"best-{dataset}"
     tags = {S.TAG_SELECTED_DATASET: dataset, S.TAG_SELECTED_METRIC: selection.metric,
-            S.TAG_SELECTED_BETA: repr(selection.beta), S.TAG_SELECTED_VALUE: repr(selection.value),
+            # The registered model was trained at the chosen run's beta; the estimate (where
+            # the curve peaks) is recorded beside it.
+            S.TAG_SELECTED_BETA: selection.params.get("beta", repr(selection.beta)),
+            TAG_SELECTED_BETA_ESTIMATE: repr(selection.beta),
+            S.TAG_SELECTED_VALUE: repr(selection.value),
             S.TAG_HAS_CHECKPOINT: "true" if checkpoint else "false"}
     version = tracking_call(
         "creating the model version", client.create_model_version, model_name, source,
         run_id=selection.run_id, tags=tags,
-        description=(f"best beta for {dataset}: beta={selection.beta:g}, {selection.metric}="
+        description=(f"best beta for {dataset}: beta={selection.beta:.3g}, {selection.metric}="
                      f"{selection.value:.6g} ({selection.epoch_policy} epoch)"))
     tracking_call("setting the alias", client.set_registered_model_alias, model_name, alias,
                    version.version)

@@ -63,19 +63,43 @@ def format_best_beta(selection: BetaSelection, as_json: bool = False) -> str:
             else "each trial at its best epoch")
     pool = "full-budget trials" if s.full_budget_only else "trials (none ran its full budget)"
     band_i = int(np.argmin(np.abs(np.log10(s.curve.beta) - math.log10(s.curve_beta))))
-    lines = [
-        f"best beta for {s.dataset}: {s.beta:g}",
-        f"  {s.metric} = {_fmt(s.value)}" + (f" ± {_fmt(s.value_std)} over {s.n_seeds} seeds"
-                                            if s.n_seeds > 1 else " (1 seed)")
-        + f", run {s.run_id} (experiment {s.experiment})",
+    scope = ("pooled sweeps of equal budget" if s.pooled
+             else f"sweep {s.sweep_id}" if s.sweep_id else "all trials")
+    head = f"best beta for {s.dataset}: {s.beta:.3g}"
+    if s.beta_interval is not None:
+        head += f" (90% interval {s.beta_interval[0]:.3g} to {s.beta_interval[1]:.3g})"
+    lines = [head + f", {scope}"]
+    part = "selection part" if s.selection_split else "full set"
+    value_line = f"  {s.metric} at the choice: {_fmt(s.value)}"
+    if s.value_interval is not None:
+        value_line += f" (90% {_fmt(s.value_interval[0])}..{_fmt(s.value_interval[1])})"
+    value_line += f" on the {part}"
+    if s.heldout_value is not None:
+        value_line += f"; held-out {_fmt(s.heldout_value)}"
+    if s.full_value is not None and s.selection_split:
+        value_line += f"; full set {_fmt(s.full_value)}"
+    lines.append(value_line)
+    if s.estimate is not None:
+        e = s.estimate
+        lines.append(f"  from {e.n_trials} trials: {e.n_full} at the full budget (epoch "
+                     f"{e.budget_epoch}), {e.n_extrapolated} stopped early and extrapolated "
+                     f"by the survivors' learning curves, {e.n_dropped} unusable")
+    if s.verdict:
+        lines.append(f"  verdict: {s.verdict}")
+    chosen = (f"  chosen run {s.run_id} (beta {float(s.params.get('beta', s.beta)):g}, "
+              f"experiment {s.experiment}): {_fmt(s.trial_mean)}")
+    chosen += (f" ± {_fmt(s.value_std)} over {s.n_seeds} seeds" if s.n_seeds > 1
+               else " (1 seed)")
+    lines += [
+        chosen,
         f"  compared {when}; {s.n_trials} {pool} in {s.n_settings} settings",
-        f"  curve prefers beta = {s.curve_beta:.3g}: {_fmt(s.curve_value)} "
-        f"({int(round(s.curve.level * 100))}% band {_fmt(s.curve.lower[band_i])}"
-        f"..{_fmt(s.curve.upper[band_i])}), bandwidth {s.curve.bandwidth_decades:g} decades, "
-        f"supported by {s.n_support} trial{'s' if s.n_support != 1 else ''}",
-        f"  best single trial: beta = {s.best_trial_beta:g}, {_fmt(s.best_trial_value)} "
-        f"(run {s.best_trial_run_id}), {abs(s.distance_decades):.2f} decades and "
-        f"{abs(s.distance_metric):.4f} from the curve's optimum",
+        (f"  local-linear curve prefers beta = {s.curve_beta:.3g}: {_fmt(s.curve_value)} "
+         f"({int(round(s.curve.level * 100))}% band {_fmt(s.curve.lower[band_i])}"
+         f"..{_fmt(s.curve.upper[band_i])}), bandwidth {s.curve.bandwidth_decades:g} decades, "
+         f"supported by {s.n_support} trial{'s' if s.n_support != 1 else ''}"),
+        (f"  best single trial: beta = {s.best_trial_beta:g}, {_fmt(s.best_trial_value)} "
+         f"(run {s.best_trial_run_id}), {abs(s.distance_decades):.2f} decades and "
+         f"{abs(s.distance_metric):.4f} from the curve's optimum"),
     ]
     if s.registration is not None:
         r = s.registration

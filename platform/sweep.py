@@ -24,8 +24,15 @@ def best_beta_lines(tracking_uri: str, experiment: str, datasets: list[str]) -> 
         except FacefuseError as exc:
             lines.append(f"  {ds:16s} no choice: {exc}")
             continue
-        lines.append(f"  {ds:16s} beta={sel.beta:.3g}  {sel.metric}={sel.value:.4f}  "
-                     f"(curve prefers {sel.curve_beta:.3g}; {sel.n_trials} trials, run {sel.run_id[:8]})")
+        interval = (f" [{sel.beta_interval[0]:.2g}, {sel.beta_interval[1]:.2g}]"
+                    if sel.beta_interval is not None else " [no interval]")
+        held = (f"  held-out {sel.heldout_value:.4f}" if sel.heldout_value is not None
+                else "  held-out -")
+        full = f"  full set {sel.full_value:.4f}" if sel.full_value is not None else ""
+        lines.append(f"  {ds:16s} beta={sel.beta:.2g}{interval}  {sel.metric}={sel.value:.4f}"
+                     f"{held}{full}  ({sel.n_trials} trials, run {sel.run_id[:8]})")
+        if sel.verdict:
+            lines.append(f"  {'':16s} {sel.verdict}")
     return lines
 
 
