@@ -498,7 +498,7 @@ class SimSweep:
     top: float
     nuisance_mean: float  # the true nuisance effect averaged over the sweep's trials
     epochs_used: int
-    #: {trial_id: {"seed": int, "heldout": float, "confirmation": bool, "stopped": bool}}
+    #: {trial_id: {"seed": int, "heldout_shift": float, "confirmation": bool, "stopped": bool}}
     info: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def truth(self, log10_beta: float) -> float:
@@ -527,10 +527,11 @@ def _draw_trial(cfg: SimConfig, rng: np.random.Generator, x: float, nuisance: di
         shape = (1.0 - (e - 1) / (cfg.budget - 1)) ** 1.5 if cfg.budget > 1 else 0.0
         history[e] = float(trial_final - gap1 * shape + rng.normal(0.0, cfg.epoch_sd)
                            + rng.normal(0.0, cfg.benchmark_se))
-    heldout = float(mean_final + rng.normal(0.0, cfg.seed_sd) * 0.0
-                    + (trial_final - mean_final) + rng.normal(0.0, cfg.benchmark_se))
+    # The report part shares the trial (same model) but not the benchmark's sampling noise:
+    # its values are the selection part's shifted by the difference of two independent draws.
+    heldout_shift = float(rng.normal(0.0, cfg.benchmark_se * math.sqrt(2.0)))
     return TrialCurve(trial_id=tid, beta=float(10.0 ** x), history=history, nuisance=nuisance,
-                      se=cfg.benchmark_se), heldout
+                      se=cfg.benchmark_se), heldout_shift
 
 
 def _asha_stop_epoch(cfg: SimConfig, rungs: dict[int, list[float]], t: TrialCurve) -> int:
@@ -561,12 +562,12 @@ def simulate_sweep(cfg: SimConfig, seed: int) -> SimSweep:
         x = float(rng.uniform(*cfg.beta_range))
         nuisance = {"lr": str(rng.choice(_LR_LEVELS)),
                     "weight_decay": f"{10.0 ** rng.uniform(-5.0, -3.0):.6g}"}
-        t, heldout = _draw_trial(cfg, rng, x, nuisance, optimum, curvature, f"trial_{i:04d}")
+        t, shift = _draw_trial(cfg, rng, x, nuisance, optimum, curvature, f"trial_{i:04d}")
         stop = _asha_stop_epoch(cfg, rungs, t) if cfg.asha else cfg.budget
         t.history = {e: v for e, v in t.history.items() if e <= stop}
         epochs += stop
         trials.append(t)
-        info[t.trial_id] = {"seed": i, "heldout": heldout, "confirmation": False,
+        info[t.trial_id] = {"seed": i, "heldout_shift": shift, "confirmation": False,
                             "stopped": stop < cfg.budget}
     if cfg.confirm_top > 0:
         est = estimate_beta(trials, budget_epoch=cfg.budget, n_bootstrap=100, seed=seed)
@@ -576,11 +577,11 @@ def simulate_sweep(cfg: SimConfig, seed: int) -> SimSweep:
         for j, b in enumerate(chosen):
             for s in range(cfg.confirm_seeds):
                 tid = f"confirm_{j}_{s}"
-                t, heldout = _draw_trial(cfg, rng, math.log10(b), dict(best.nuisance), optimum,
-                                         curvature, tid)
+                t, shift = _draw_trial(cfg, rng, math.log10(b), dict(best.nuisance), optimum,
+                                       curvature, tid)
                 epochs += cfg.budget
                 trials.append(t)
-                info[tid] = {"seed": 1000 + s, "heldout": heldout, "confirmation": True,
+                info[tid] = {"seed": 1000 + s, "heldout_shift": shift, "confirmation": True,
                              "stopped": False}
     nuisance_mean = float(np.mean([_nuisance_effect(t.nuisance) for t in trials]))
     return SimSweep(trials=trials, optimum=optimum, curvature=curvature, top=cfg.top,
@@ -640,16 +641,14 @@ def write_sweep_to_mlflow(sweep: SimSweep, tracking_uri: str, experiment: str, d
             tags["facefuse.confirmation"] = "true"
         run = client.create_run(exp_id, tags=tags)
         metrics = []
-        heldout = float(meta.get("heldout", t.history[t.last_epoch]))
+        shift = float(meta.get("heldout_shift", 0.0))
         for e, v in sorted(t.history.items()):
             ts = now + e
             keys = {f"{dataset}/{metric}": v}
             if split:
                 keys[f"{dataset}/sel/{metric}"] = v
                 keys[f"{dataset}/sel/{metric}_se"] = t.se
-                # The report part: the trial's held-out draw at its last epoch, earlier epochs
-                # shifted like the selection part.
-                keys[f"{dataset}/test/{metric}"] = heldout - (t.history[t.last_epoch] - v)
+                keys[f"{dataset}/test/{metric}"] = v + shift
             metrics += [Metric(k, float(val), ts, e) for k, val in keys.items()]
             metrics.append(Metric("epoch", float(e), ts, e))
         params = [Param("beta", repr(t.beta)), Param("seed", str(meta.get("seed", 0)))]

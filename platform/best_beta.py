@@ -24,6 +24,10 @@ def add_best_beta_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "acc or tar_far_1e-3")
     parser.add_argument("--experiment", default=None,
                         help="only this MLflow experiment (default: every experiment)")
+    parser.add_argument("--sweep", default=None,
+                        help="only this sweep id (default: the latest sweep of the experiment)")
+    parser.add_argument("--pool", action="store_true",
+                        help="pool every sweep whose budget equals the latest sweep's")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
                              "sqlite:///<cwd>/mlflow.db)")
@@ -44,7 +48,7 @@ def run_best_beta(args: argparse.Namespace) -> BetaSelection:
     """Returns the selection for parsed best_beta arguments (registered when --register)."""
     selection = select_beta(args.tracking_uri, args.dataset, metric=args.metric,
                             experiment=args.experiment, epoch_policy=args.epoch_policy,
-                            n_runner_ups=args.top)
+                            n_runner_ups=args.top, sweep=args.sweep, pool=args.pool)
     if args.register:
         register_choice(args.tracking_uri, selection, model_name=args.model_name)
     return selection
