@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import logging
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from facefuse.evaluation.splits import ijb_parts, verification_parts
 from facefuse.features.dataset import EvalSet, MapArray
+
+logger = logging.getLogger(__name__)
 
 #: FARs at which IJB sets are reported; the primary one is 1e-4.
 IJB_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -46,6 +50,32 @@ def embed_with_flip(model: torch.nn.Module, s: EvalSet, batch_size: int,
     return fuse_flips(e, f)
 
 
+#: The held-out parts every evaluated set is split into (facefuse.evaluation.splits).
+PARTS = ("sel", "test")
+
+
+def _parts(s: EvalSet, make: Callable[[], tuple[np.ndarray, np.ndarray]]
+           ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Returns the set's (selection, report) indices, computed once; None if it cannot split."""
+    from facefuse.errors import DataFormatError
+
+    if "_parts" not in s.meta:
+        try:
+            s.meta["_parts"] = make()
+        except DataFormatError as exc:
+            # The full-set metric is still logged; best_beta says the split is missing.
+            logger.warning("%s: not split into selection/report parts: %s", s.name, exc)
+            s.meta["_parts"] = None
+    return s.meta["_parts"]
+
+
+def _resamples(n: int) -> list[np.ndarray]:
+    from facefuse.evaluation.splits import N_BOOTSTRAP_SE, SPLIT_SEED
+
+    rng = np.random.default_rng(SPLIT_SEED)
+    return [rng.integers(0, n, n) for _ in range(N_BOOTSTRAP_SE)]
+
+
 def evaluate(model: torch.nn.Module, sets: Sequence[EvalSet], batch_size: int,
              device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
     """Returns ({'<set>/<metric>': value}, extras with ROC arrays per IJB set)."""
@@ -58,16 +88,37 @@ def evaluate(model: torch.nn.Module, sets: Sequence[EvalSet], batch_size: int,
     for s in sets:
         emb = embed_with_flip(model, s, batch_size, device)
         if s.kind == "verification":
-            mean, std = verification_accuracy(emb[0::2], emb[1::2], s.meta["issame"])
+            e1, e2, same = emb[0::2], emb[1::2], np.asarray(s.meta["issame"])
+            mean, std = verification_accuracy(e1, e2, same)
             metrics[f"{s.name}/acc"] = float(mean)
             metrics[f"{s.name}/acc_std"] = float(std)
+            parts = _parts(s, lambda: verification_parts(len(same)))
+            for part, idx in zip(PARTS, parts or ()):
+                # Each half holds 5 of the 10 person-disjoint folds: its accuracy is the
+                # protocol's 5-fold one, its standard error the folds' spread.
+                m, sd = verification_accuracy(e1[idx], e2[idx], same[idx], n_folds=5)
+                metrics[f"{s.name}/{part}/acc"] = float(m)
+                if part == "sel":
+                    metrics[f"{s.name}/sel/acc_se"] = float(sd / np.sqrt(5))
         elif s.kind == "ijb":
             m = s.meta
             scores = ijb_scores(emb, m["face_scores"], m["templates"], m["medias"], m["p1"], m["p2"])
-            tars = tar_at_far(m["labels"], scores, IJB_FARS)
+            labels = np.asarray(m["labels"])
+            tars = tar_at_far(labels, scores, IJB_FARS)
             for far, tar in tars.items():
                 metrics[f"{s.name}/{far_metric(far)}"] = float(tar)
-            fpr, tpr, auc = roc_curve_auc(m["labels"], scores)
+            parts = _parts(s, lambda: ijb_parts(m["p1"], m["p2"], labels))
+            for part, idx in zip(PARTS, parts or ()):
+                for far, tar in tar_at_far(labels[idx], scores[idx], IJB_FARS).items():
+                    metrics[f"{s.name}/{part}/{far_metric(far)}"] = float(tar)
+                if part == "sel":
+                    # The benchmark's own sampling error: a bootstrap over the part's pairs.
+                    boot = [tar_at_far(labels[idx[r]], scores[idx[r]], IJB_FARS)
+                            for r in _resamples(len(idx))]
+                    for far in IJB_FARS:
+                        metrics[f"{s.name}/sel/{far_metric(far)}_se"] = float(
+                            np.std([b[far] for b in boot], ddof=1))
+            fpr, tpr, auc = roc_curve_auc(labels, scores)
             metrics[f"{s.name}/auc"] = float(auc)
             extras["roc"][s.name] = {"fpr": fpr, "tpr": tpr}
         else:

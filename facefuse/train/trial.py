@@ -46,13 +46,24 @@ def objective_value(metrics: dict[str, float], spec: dict[str, Any],
     if "dataset" in spec:
         ds = spec["dataset"]
         metric = spec.get("metric") or get_dataset(ds).primary_metric
-        return float(metrics[metric_key(ds, metric)])
+        return float(_selection_part(metrics, ds, metric))
     quality = spec.get("quality", "all")
     names = [d for d in eval_datasets if quality == "all" or get_dataset(d).quality == quality]
     if not names:
         raise ConfigError(None, f"objective quality {quality!r} matches none of {eval_datasets}",
                           field="objective.quality", fix="evaluate a dataset of that quality")
-    return float(np.mean([metrics[metric_key(d, get_dataset(d).primary_metric)] for d in names]))
+    return float(np.mean([_selection_part(metrics, d, get_dataset(d).primary_metric)
+                          for d in names]))
+
+
+def _selection_part(metrics: dict[str, float], dataset: str, metric: str) -> float:
+    """Returns the metric on the set's selection part, else on the full set (unsplittable set).
+
+    Tuning, ASHA and the best checkpoint follow the objective: they must not see the report
+    part whose number is then reported.
+    """
+    full = metric_key(dataset, metric)
+    return metrics.get(metric_key(dataset, f"sel/{metric}"), metrics[full])
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:

@@ -1,0 +1,72 @@
+"""Held-out parts of a benchmark: a selection part and a report part sharing no subjects.
+
+Tuning, early stopping, the best checkpoint and best_beta read the selection part; the report
+part gives the chosen model's honest value. Both are fixed by the benchmark and ``SPLIT_SEED``
+alone, so every trial of every sweep sees the same parts.
+
+- Verification (.bin) sets list their pairs in 10 person-disjoint folds: folds 1-5 are the
+  selection part, folds 6-10 the report part.
+- IJB sets carry no subject ids in their 1:1 protocol files; the templates joined by genuine
+  pairs are one subject's. Those groups are split in two halves by a seeded permutation; a pair
+  belongs to a part when both its templates do (impostor pairs across the halves are left out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from facefuse.errors import DataFormatError
+
+SPLIT_SEED = 0
+#: Fewest subjects (IJB) or folds (verification) a set needs to be split.
+MIN_SUBJECTS = 4
+N_BOOTSTRAP_SE = 30
+
+
+def verification_parts(n_pairs: int, n_folds: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (selection, report) pair indices: the first and the second half of the folds."""
+    if n_pairs < 2 * n_folds or n_pairs % n_folds:
+        raise DataFormatError(None, f"a verification set of {n_pairs} pairs cannot be split "
+                              f"into its {n_folds} person-disjoint folds",
+                              fix="evaluate the set on its full pair list only, or name "
+                                  "validation sets of their own in the job")
+    fold = n_pairs // n_folds
+    half = (n_folds // 2) * fold
+    return np.arange(half), np.arange(half, n_pairs)
+
+
+def ijb_parts(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray,
+              seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (selection, report) pair indices of an IJB set, split by subject."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    p1 = np.asarray(p1)
+    p2 = np.asarray(p2)
+    same = np.asarray(labels).astype(bool)
+    ids, inv = np.unique(np.concatenate([p1, p2]), return_inverse=True)
+    a, b = inv[:len(p1)], inv[len(p1):]
+    graph = coo_matrix((np.ones(int(same.sum())), (a[same], b[same])), shape=(len(ids),) * 2)
+    n_groups, group = connected_components(graph, directed=False)
+    with_genuine = np.unique(group[a[same]])
+    if len(with_genuine) < MIN_SUBJECTS:
+        raise DataFormatError(None, f"an IJB set with {len(with_genuine)} subjects (templates "
+                              f"joined by genuine pairs) cannot be split into two "
+                              f"subject-disjoint parts; at least {MIN_SUBJECTS} are needed",
+                              fix="build the set with more subjects, or name validation sets "
+                                  "of their own in the job")
+    rng = np.random.default_rng(seed)
+    half = np.zeros(n_groups, dtype=bool)
+    half[rng.permutation(n_groups)[: n_groups // 2]] = True
+    in_sel = half[group]
+    sel = np.flatnonzero(in_sel[a] & in_sel[b])
+    rep = np.flatnonzero(~in_sel[a] & ~in_sel[b])
+    return sel, rep
+
+
+def bootstrap_se(statistic, n: int, seed: int = SPLIT_SEED,
+                 n_boot: int = N_BOOTSTRAP_SE) -> float:
+    """Returns the bootstrap standard error of statistic(idx) over resampled item indices."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(n_boot)]
+    return float(np.std(values, ddof=1))
