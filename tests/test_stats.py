@@ -15,7 +15,6 @@ import pytest
 from mlflow import MlflowClient
 
 from facefuse.selection import select_beta
-from platform.best_beta import format_best_beta
 from facefuse.stats import (
     SimConfig,
     SweepTooSmallError,
@@ -24,6 +23,8 @@ from facefuse.stats import (
     simulate_sweep,
     write_sweep_to_mlflow,
 )
+from platform.best_beta import format_best_beta
+from platform.sweep import best_beta_lines
 
 N_BOOT = 100
 
@@ -139,6 +140,10 @@ def test_best_beta_on_simulated_stores(tmp_path: Path, template_db: Path, asha: 
     assert len(obj["trials"]) == len(sweep.trials)
     text = format_best_beta(sel)
     assert "90% interval" in text and "held-out" in text and "verdict:" in text
+    # The quickstart's per-dataset line: beta, its interval, the held-out and full-set values.
+    (line, *_) = best_beta_lines(uri, "sim", ["synth_ijbc"])
+    assert f"beta={sel.beta:.2g} [{lo:.2g}, {hi:.2g}]" in line
+    assert f"held-out {sel.heldout_value:.4f}" in line and "full set" in line
 
 
 def test_latest_sweep_by_default_and_pooling_only_equal_budgets(tmp_path: Path,
