@@ -16,7 +16,7 @@ from facefuse.synth import suite as S
 from facefuse.synth.degrade import decode, laplacian_variance
 
 TINY = dict(train_identities=6, train_images_per_identity=3, verification_pairs=20, ijb_identities=3,
-            ijb_templates_per_identity=2, ijb_impostor_pairs=10)
+            ijb_templates_per_identity=2, ijb_impostor_pairs=10, ijb_max_media_per_template=3)
 VER = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 
 
@@ -143,3 +143,13 @@ def test_unknown_or_bad_knobs_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="verification_pairs"):
         make_config(verification_pairs=25)
     assert not (tmp_path / MANIFEST).exists()
+
+
+def test_default_ijb_plan_has_a_million_impostor_pairs() -> None:
+    # TAR@FAR=1e-4 must rest on >= 100 impostor scores: >= 1M impostor template pairs.
+    plan = S.plan_ijb(0, "ijbc", S.SuiteConfig())
+    impostors = int((plan.labels == 0).sum())
+    assert impostors >= 1_000_000 and impostors * 1e-4 >= 100
+    pairs = set(zip(plan.p1.tolist(), plan.p2.tolist()))
+    assert len(pairs) == len(plan.labels)  # no pair listed twice
+    assert int(plan.labels.sum()) == 120 * 12 * 11 // 2  # every same-identity template pair
