@@ -64,9 +64,27 @@ def ijb_parts(p1: np.ndarray, p2: np.ndarray, labels: np.ndarray,
     return sel, rep
 
 
-def bootstrap_se(statistic, n: int, seed: int = SPLIT_SEED,
-                 n_boot: int = N_BOOTSTRAP_SE) -> float:
-    """Returns the bootstrap standard error of statistic(idx) over resampled item indices."""
+def tar_at_far_se(labels: np.ndarray, scores: np.ndarray, fars: tuple[float, ...],
+                  seed: int = SPLIT_SEED, n_boot: int = N_BOOTSTRAP_SE) -> dict[float, float]:
+    """Returns {far: bootstrap standard error of TAR@FAR} over the pairs (Poisson bootstrap).
+
+    The pairs are sorted once; each resample reweights them with Poisson(1) counts, so a
+    replicate costs two cumulative sums instead of a sort (a million pairs: milliseconds).
+    TAR is read at the last ROC point whose FAR does not exceed the target.
+    """
+    y = np.asarray(labels).astype(bool)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    y = y[order]
     rng = np.random.default_rng(seed)
-    values = [statistic(rng.integers(0, n, n)) for _ in range(n_boot)]
-    return float(np.std(values, ddof=1))
+    out: dict[float, list[float]] = {far: [] for far in fars}
+    for _ in range(n_boot):
+        w = rng.poisson(1.0, len(y)).astype(np.float64)
+        tp = np.cumsum(w * y)
+        fp = np.cumsum(w * ~y)
+        if tp[-1] <= 0 or fp[-1] <= 0:
+            continue
+        tpr, fpr = tp / tp[-1], fp / fp[-1]
+        for far in fars:
+            k = int(np.searchsorted(fpr, far, side="right")) - 1
+            out[far].append(float(tpr[k]) if k >= 0 else 0.0)
+    return {far: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for far, v in out.items()}

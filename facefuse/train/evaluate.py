@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from facefuse.evaluation.splits import ijb_parts, verification_parts
+from facefuse.evaluation.splits import ijb_parts, tar_at_far_se, verification_parts
 from facefuse.features.dataset import EvalSet, MapArray
 
 logger = logging.getLogger(__name__)
@@ -69,13 +69,6 @@ def _parts(s: EvalSet, make: Callable[[], tuple[np.ndarray, np.ndarray]]
     return s.meta["_parts"]
 
 
-def _resamples(n: int) -> list[np.ndarray]:
-    from facefuse.evaluation.splits import N_BOOTSTRAP_SE, SPLIT_SEED
-
-    rng = np.random.default_rng(SPLIT_SEED)
-    return [rng.integers(0, n, n) for _ in range(N_BOOTSTRAP_SE)]
-
-
 def evaluate(model: torch.nn.Module, sets: Sequence[EvalSet], batch_size: int,
              device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
     """Returns ({'<set>/<metric>': value}, extras with ROC arrays per IJB set)."""
@@ -113,11 +106,8 @@ def evaluate(model: torch.nn.Module, sets: Sequence[EvalSet], batch_size: int,
                     metrics[f"{s.name}/{part}/{far_metric(far)}"] = float(tar)
                 if part == "sel":
                     # The benchmark's own sampling error: a bootstrap over the part's pairs.
-                    boot = [tar_at_far(labels[idx[r]], scores[idx[r]], IJB_FARS)
-                            for r in _resamples(len(idx))]
-                    for far in IJB_FARS:
-                        metrics[f"{s.name}/sel/{far_metric(far)}_se"] = float(
-                            np.std([b[far] for b in boot], ddof=1))
+                    for far, se in tar_at_far_se(labels[idx], scores[idx], IJB_FARS).items():
+                        metrics[f"{s.name}/sel/{far_metric(far)}_se"] = se
             fpr, tpr, auc = roc_curve_auc(labels, scores)
             metrics[f"{s.name}/auc"] = float(auc)
             extras["roc"][s.name] = {"fpr": fpr, "tpr": tpr}
