@@ -429,7 +429,7 @@ def estimate_beta(trials: Sequence[TrialCurve], higher_is_better: bool = True,
     interval = (float(10.0 ** x_lo), float(10.0 ** x_hi))
     at_edge = i_hat in (0, len(grid) - 1) or x_lo <= lo + 1e-9 or x_hi >= hi - 1e-9
     width = x_hi - x_lo
-    identified = width <= IDENTIFIED_DECADES and not (i_hat in (0, len(grid) - 1))
+    identified = width <= IDENTIFIED_DECADES and i_hat not in (0, len(grid) - 1)
     searched = sorted({t.beta for t in trials})
     inside = [b_ for b_ in searched if x_lo - 1e-9 <= math.log10(b_) <= x_hi + 1e-9]
     if identified:

@@ -54,14 +54,14 @@ def embed_with_flip(model: torch.nn.Module, s: EvalSet, batch_size: int,
 PARTS = ("sel", "test")
 
 
-def _parts(s: EvalSet, make: Callable[[], tuple[np.ndarray, np.ndarray]]
+def _parts(s: EvalSet, make: Callable[..., tuple[np.ndarray, np.ndarray]], *args: Any
            ) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """Returns the set's (selection, report) indices, computed once; None if it cannot split."""
     from facefuse.errors import DataFormatError
 
     if "_parts" not in s.meta:
         try:
-            s.meta["_parts"] = make()
+            s.meta["_parts"] = make(*args)
         except DataFormatError as exc:
             # The full-set metric is still logged; best_beta says the split is missing.
             logger.warning("%s: not split into selection/report parts: %s", s.name, exc)
@@ -85,7 +85,7 @@ def evaluate(model: torch.nn.Module, sets: Sequence[EvalSet], batch_size: int,
             mean, std = verification_accuracy(e1, e2, same)
             metrics[f"{s.name}/acc"] = float(mean)
             metrics[f"{s.name}/acc_std"] = float(std)
-            parts = _parts(s, lambda: verification_parts(len(same)))
+            parts = _parts(s, verification_parts, len(same))
             for part, idx in zip(PARTS, parts or ()):
                 # Each half holds 5 of the 10 person-disjoint folds: its accuracy is the
                 # protocol's 5-fold one, its standard error the folds' spread.
@@ -100,7 +100,7 @@ def evaluate(model: torch.nn.Module, sets: Sequence[EvalSet], batch_size: int,
             tars = tar_at_far(labels, scores, IJB_FARS)
             for far, tar in tars.items():
                 metrics[f"{s.name}/{far_metric(far)}"] = float(tar)
-            parts = _parts(s, lambda: ijb_parts(m["p1"], m["p2"], labels))
+            parts = _parts(s, ijb_parts, m["p1"], m["p2"], labels)
             for part, idx in zip(PARTS, parts or ()):
                 for far, tar in tar_at_far(labels[idx], scores[idx], IJB_FARS).items():
                     metrics[f"{s.name}/{part}/{far_metric(far)}"] = float(tar)
