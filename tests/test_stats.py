@@ -186,3 +186,14 @@ def test_a_sweep_too_small_for_the_curve_says_what_to_run(tmp_path: Path,
     assert sel.estimate is None and sel.beta_interval is None
     assert "sweep too small to fit the curve" in sel.verdict and "confirm_top" in sel.verdict
     assert "\n" not in sel.verdict
+
+
+def test_the_verdict_says_when_neighbouring_betas_cannot_be_separated() -> None:
+    sharp = estimate_beta(simulate_sweep(SimConfig(n_trials=80, curvature=(0.04, 0.04)), 2).trials,
+                          n_bootstrap=60)
+    flat = estimate_beta(simulate_sweep(SimConfig(n_trials=12, curvature=(0.004, 0.004)), 2).trials,
+                         n_bootstrap=60)
+    assert sharp.identified and "is identified at this budget" in sharp.verdict
+    assert not flat.identified and "indistinguishable at this budget" in flat.verdict
+    lo, hi = flat.beta_interval
+    assert f"{lo:.2g} to {hi:.2g}" in flat.verdict
