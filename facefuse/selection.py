@@ -55,16 +55,6 @@ class NoRunsError(FacefuseError):
 # ---------------------------------------------------------------------------------------------
 # Held-out parts and sweeps
 # ---------------------------------------------------------------------------------------------
-#: Parts of an evaluated benchmark (subject-disjoint): trials log ``<dataset>/sel/<metric>``
-#: (selection), ``<dataset>/test/<metric>`` (report) beside the full-set ``<dataset>/<metric>``,
-#: and the benchmark's bootstrap standard error as ``<dataset>/sel/<metric>_se``.
-SELECTION_PART = "sel"
-REPORT_PART = "test"
-SE_SUFFIX = "_se"
-#: Model-version tag: where the estimated curve peaks (TAG_SELECTED_BETA is the run's beta).
-TAG_SELECTED_BETA_ESTIMATE = "facefuse.beta_estimate"
-
-
 def trial_filter(sweep_id: Optional[str] = None) -> str:
     """Returns the search filter for finished trial runs, of one sweep when sweep_id is given."""
     if sweep_id is None:
@@ -76,7 +66,7 @@ def trial_filter(sweep_id: Optional[str] = None) -> str:
 def part_key(metric_key: str, part: str) -> str:
     """Returns the key of a benchmark part's metric: ('lfw/acc', 'sel') -> 'lfw/sel/acc'."""
     dataset, metric = metric_key.split("/", 1)
-    return f"{dataset}/{part}/{metric}"
+    return S.part_key(dataset, metric, part)
 
 
 def latest_sweep_id(client: "MlflowClient", ids: dict[str, str]) -> Optional[str]:
@@ -324,7 +314,7 @@ def collect_curves(client: "MlflowClient", ids: dict[str, str], metric_key: str,
             budget = max(budget or 0, hist[-1][0])
         nuisance = {k: _canonical(v) for k, v in run_params(run).items()
                     if k not in ("beta", "variant") and not is_seed_param(k)}
-        se = float(run.data.metrics.get(metric_key + SE_SUFFIX, 0.0))
+        se = float(run.data.metrics.get(metric_key + S.SE_SUFFIX, 0.0))
         curves.append(TrialCurve(trial_id=run.info.run_id, beta=beta, history=dict(hist),
                                  nuisance=nuisance, se=se if math.isfinite(se) else 0.0))
         by_id[run.info.run_id] = run
@@ -569,7 +559,7 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
     ids = experiment_ids(client, experiment)
     higher = higher_is_better(full_key)
     sweep_id = _scope(client, ids, sweep, pool)
-    sel_key = part_key(full_key, SELECTION_PART)
+    sel_key = part_key(full_key, S.PART_SELECTION)
     scoped = search_all_runs(client, ids, trial_filter(sweep_id))
     split = any(sel_key in r.data.metrics for r in scoped)
     metric_key = sel_key if split else full_key
@@ -643,7 +633,7 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
     value = estimate.value if estimate is not None else chosen.mean
     heldout = full_value = None
     if split:
-        heldout = _value_at(client, ids, part_key(full_key, REPORT_PART), sweep_id, beta,
+        heldout = _value_at(client, ids, part_key(full_key, S.PART_REPORT), sweep_id, beta,
                             higher, chosen.run_ids)
         full_value = _value_at(client, ids, full_key, sweep_id, beta, higher, chosen.run_ids)
     elif estimate is not None:
@@ -727,7 +717,7 @@ def register_choice(tracking_uri: Optional[str], selection: BetaSelection,
             # The registered model was trained at the chosen run's beta; the estimate (where
             # the curve peaks) is recorded beside it.
             S.TAG_SELECTED_BETA: selection.params.get("beta", repr(selection.beta)),
-            TAG_SELECTED_BETA_ESTIMATE: repr(selection.beta),
+            S.TAG_SELECTED_BETA_ESTIMATE: repr(selection.beta),
             S.TAG_SELECTED_VALUE: repr(selection.value),
             S.TAG_HAS_CHECKPOINT: "true" if checkpoint else "false"}
     version = tracking_call(

@@ -618,11 +618,13 @@ def write_sweep_to_mlflow(sweep: SimSweep, tracking_uri: str, experiment: str, d
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
+    from facefuse.tracking import schema as S
+
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
-    parent = client.create_run(exp_id, tags={"facefuse.kind": "sweep",
-                                             "facefuse.sweep_id": sweep_id,
+    parent = client.create_run(exp_id, tags={S.TAG_KIND: S.KIND_SWEEP,
+                                             S.TAG_SWEEP_ID: sweep_id,
                                              "mlflow.runName": f"sweep-{sweep_id}"})
     parent_id = parent.info.run_id
     full_epochs = budget if budget is not None else max(t.last_epoch for t in sweep.trials)
@@ -630,31 +632,30 @@ def write_sweep_to_mlflow(sweep: SimSweep, tracking_uri: str, experiment: str, d
     for t in sweep.trials:
         meta = sweep.info.get(t.trial_id, {})
         full = t.last_epoch >= full_epochs
-        tags = {"mlflow.parentRunId": parent_id, "facefuse.kind": "trial",
-                "facefuse.sweep_id": sweep_id, "facefuse.trial_id": t.trial_id,
-                "facefuse.datasets": dataset, "facefuse.full_budget": str(full).lower(),
-                "facefuse.epochs_done": str(t.last_epoch),
-                "facefuse.seed": str(meta.get("seed", 0))}
+        tags = {"mlflow.parentRunId": parent_id, S.TAG_KIND: S.KIND_TRIAL,
+                S.TAG_SWEEP_ID: sweep_id, S.TAG_TRIAL_ID: t.trial_id,
+                S.TAG_DATASETS: dataset, S.TAG_FULL_BUDGET: str(full).lower(),
+                S.TAG_EPOCHS_DONE: str(t.last_epoch), S.TAG_SEED: str(meta.get("seed", 0))}
         if not full:
-            tags["facefuse.stopped_by_asha"] = "true"
+            tags[S.TAG_STOPPED_BY_ASHA] = "true"
         if meta.get("confirmation"):
-            tags["facefuse.confirmation"] = "true"
+            tags[S.TAG_CONFIRMATION] = "true"
         run = client.create_run(exp_id, tags=tags)
         metrics = []
         shift = float(meta.get("heldout_shift", 0.0))
         for e, v in sorted(t.history.items()):
             ts = now + e
-            keys = {f"{dataset}/{metric}": v}
+            keys = {S.metric_key(dataset, metric): v}
             if split:
-                keys[f"{dataset}/sel/{metric}"] = v
-                keys[f"{dataset}/sel/{metric}_se"] = t.se
-                keys[f"{dataset}/test/{metric}"] = v + shift
+                keys[S.part_key(dataset, metric, S.PART_SELECTION)] = v
+                keys[S.part_key(dataset, metric + S.SE_SUFFIX, S.PART_SELECTION)] = t.se
+                keys[S.part_key(dataset, metric, S.PART_REPORT)] = v + shift
             metrics += [Metric(k, float(val), ts, e) for k, val in keys.items()]
             metrics.append(Metric("epoch", float(e), ts, e))
         params = [Param("beta", repr(t.beta)), Param("seed", str(meta.get("seed", 0)))]
         params += [Param(k, v) for k, v in sorted(t.nuisance.items())]
         client.log_batch(run.info.run_id, metrics=metrics, params=params,
-                         tags=[RunTag("facefuse.trial_name", t.trial_id)])
+                         tags=[RunTag(S.TAG_TRIAL_NAME, t.trial_id)])
         client.set_terminated(run.info.run_id, "FINISHED")
     client.set_terminated(parent_id, "FINISHED")
     return parent_id

@@ -66,12 +66,24 @@ TAG_SELECTED_METRIC = "facefuse.metric"
 TAG_SELECTED_BETA = "facefuse.beta"
 TAG_SELECTED_VALUE = "facefuse.value"
 TAG_HAS_CHECKPOINT = "facefuse.has_checkpoint"
+#: On a registered model version: where the estimated curve peaks (TAG_SELECTED_BETA is the
+#: chosen run's beta param).
+TAG_SELECTED_BETA_ESTIMATE = "facefuse.beta_estimate"
+#: On a trial of a confirmation round (top betas rerun with several seeds at full budget).
+TAG_CONFIRMATION = "facefuse.confirmation"
 
 # --------------------------------------------------------------------------- metrics
 METRIC_EPOCH = "epoch"
 METRIC_OBJECTIVE = "objective"
 #: Seconds one epoch took (Tune's ``time_this_iter_s``, renamed).
 METRIC_EPOCH_SECONDS = "time/epoch_s"
+
+#: Held-out parts of an evaluated benchmark (facefuse.evaluation.splits), subject-disjoint:
+#: ``<dataset>/sel/<metric>`` is tuned and selected on, ``<dataset>/test/<metric>`` reported.
+PART_SELECTION = "sel"
+PART_REPORT = "test"
+#: Suffix of a part metric's standard error (the benchmark's own sampling error).
+SE_SUFFIX = "_se"
 
 # --------------------------------------------------------------------------- artifacts
 ARTIFACT_CONFIG = "config"
@@ -87,6 +99,12 @@ FINISHED_TRIAL_FILTER = (f"tags.`{TAG_KIND}` = '{KIND_TRIAL}' and "
 def metric_key(dataset: str, metric: str) -> str:
     """Returns the MLflow metric key of a dataset's metric ('<dataset>/<metric>')."""
     return metric if metric.startswith(dataset + "/") else f"{dataset}/{metric}"
+
+
+def part_key(dataset: str, metric: str, part: str) -> str:
+    """Returns the key of a benchmark part's metric: ('lfw', 'acc', 'sel') -> 'lfw/sel/acc'."""
+    name = metric[len(dataset) + 1:] if metric.startswith(dataset + "/") else metric
+    return f"{dataset}/{part}/{name}"
 
 
 def kind_filter(kind: str) -> str:

@@ -10,6 +10,7 @@ import torch
 
 from facefuse.evaluation.splits import ijb_parts, tar_at_far_se, verification_parts
 from facefuse.features.dataset import EvalSet, MapArray
+from facefuse.tracking.schema import PART_REPORT, PART_SELECTION, SE_SUFFIX, part_key
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def embed_with_flip(model: torch.nn.Module, s: EvalSet, batch_size: int,
 
 
 #: The held-out parts every evaluated set is split into (facefuse.evaluation.splits).
-PARTS = ("sel", "test")
+PARTS = (PART_SELECTION, PART_REPORT)
 
 
 def _parts(s: EvalSet, make: Callable[..., tuple[np.ndarray, np.ndarray]], *args: Any
@@ -90,9 +91,9 @@ def evaluate(model: torch.nn.Module, sets: Sequence[EvalSet], batch_size: int,
                 # Each half holds 5 of the 10 person-disjoint folds: its accuracy is the
                 # protocol's 5-fold one, its standard error the folds' spread.
                 m, sd = verification_accuracy(e1[idx], e2[idx], same[idx], n_folds=5)
-                metrics[f"{s.name}/{part}/acc"] = float(m)
-                if part == "sel":
-                    metrics[f"{s.name}/sel/acc_se"] = float(sd / np.sqrt(5))
+                metrics[part_key(s.name, "acc", part)] = float(m)
+                if part == PART_SELECTION:
+                    metrics[part_key(s.name, "acc" + SE_SUFFIX, part)] = float(sd / np.sqrt(5))
         elif s.kind == "ijb":
             m = s.meta
             scores = ijb_scores(emb, m["face_scores"], m["templates"], m["medias"], m["p1"], m["p2"])
@@ -103,11 +104,11 @@ def evaluate(model: torch.nn.Module, sets: Sequence[EvalSet], batch_size: int,
             parts = _parts(s, ijb_parts, m["p1"], m["p2"], labels)
             for part, idx in zip(PARTS, parts or ()):
                 for far, tar in tar_at_far(labels[idx], scores[idx], IJB_FARS).items():
-                    metrics[f"{s.name}/{part}/{far_metric(far)}"] = float(tar)
-                if part == "sel":
+                    metrics[part_key(s.name, far_metric(far), part)] = float(tar)
+                if part == PART_SELECTION:
                     # The benchmark's own sampling error: a bootstrap over the part's pairs.
                     for far, se in tar_at_far_se(labels[idx], scores[idx], IJB_FARS).items():
-                        metrics[f"{s.name}/sel/{far_metric(far)}_se"] = se
+                        metrics[part_key(s.name, far_metric(far) + SE_SUFFIX, part)] = se
             fpr, tpr, auc = roc_curve_auc(labels, scores)
             metrics[f"{s.name}/auc"] = float(auc)
             extras["roc"][s.name] = {"fpr": fpr, "tpr": tpr}

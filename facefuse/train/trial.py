@@ -24,7 +24,7 @@ from facefuse.errors import ConfigError
 from facefuse.data import get_dataset
 from facefuse.features.dataset import BackbonePair, load_eval_sets, load_train_set
 from facefuse.model import FusionConfig, FusionModel
-from facefuse.tracking.schema import flat_config, metric_key
+from facefuse.tracking.schema import PART_SELECTION, flat_config, metric_key, part_key
 from facefuse.train.context import TrialContext
 from facefuse.train.loop import EpochState, TrainConfig, TrainingDiverged, train
 
@@ -63,7 +63,7 @@ def _selection_part(metrics: dict[str, float], dataset: str, metric: str) -> flo
     part whose number is then reported.
     """
     full = metric_key(dataset, metric)
-    return metrics.get(metric_key(dataset, f"sel/{metric}"), metrics[full])
+    return metrics.get(part_key(dataset, metric, PART_SELECTION), metrics[full])
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
