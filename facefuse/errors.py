@@ -40,3 +40,7 @@ class ConfigError(DataFormatError):
 
 class UnsafePickleError(DataFormatError):
     """A pickle or checkpoint tried to reference a global outside the allow-list."""
+
+
+class StorageError(DataFormatError):
+    """A store named by a URI (local path, shared mount, s3://) cannot be reached, read or written."""
