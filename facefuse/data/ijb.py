@@ -136,6 +136,12 @@ class IJBSet:
         return out
 
 
+def _inside_crop_dir(name: str) -> bool:
+    """Returns whether an image name stays inside loose_crop/ (relative, no '..' component)."""
+    parts = Path(name.replace("\\", "/")).parts
+    return not os.path.isabs(name) and not name.startswith(("/", "\\")) and ".." not in parts
+
+
 def _data_lines(path: Path) -> list[tuple[int, list[str]]]:
     """Returns (line number, whitespace-split fields) of every non-blank line of a meta file."""
     try:
@@ -187,6 +193,10 @@ def read_ijb(root: PathLike, name: str) -> IJBSet:
     medias = np.empty(len(tid_rows), dtype=np.int64)
     for m, (ln, f) in enumerate(tid_rows):
         _need(paths["tid_mid"], ln, f, 3, "image_name template_id media_id")
+        if not _inside_crop_dir(f[0]):  # crop_dir / name would follow it out of loose_crop/
+            raise DataFormatError(paths["tid_mid"], f"image name {f[0]!r} is absolute or leaves loose_crop/",
+                                  field=f"line {ln}, image_name",
+                                  fix="image names are paths relative to loose_crop/ without '..'")
         image_names.append(f[0])
         templates[m] = _parse(paths["tid_mid"], ln, "template_id", f[1], int)
         medias[m] = _parse(paths["tid_mid"], ln, "media_id", f[2], int)
@@ -271,10 +281,12 @@ def write_ijb(root: PathLike, name: str, crops: Sequence[np.ndarray | bytes], im
                               fix="pass [M, 5, 2] (x, y) pixel landmarks")
     if not (p1.size == p2.size == labels.size):
         raise DataFormatError(root, "p1, p2 and labels differ in length", field="p1", fix="one entry per pair")
-    for img_name in image_names:
-        if not img_name or any(c.isspace() for c in img_name) or os.path.isabs(img_name) or ".." in Path(img_name).parts:
-            raise DataFormatError(root, f"image name {img_name!r} cannot be written", field="image_names",
-                                  fix="use relative names without whitespace")
+    for j, img_name in enumerate(image_names):
+        if not img_name or any(c.isspace() for c in img_name) or not _inside_crop_dir(img_name):
+            raise DataFormatError(paths["tid_mid"], f"image name {img_name!r} cannot be written: it is empty, "
+                                  "holds whitespace, is absolute or leaves loose_crop/",
+                                  field=f"line {j + 1}, image_name",
+                                  fix="use names relative to loose_crop/ without whitespace or '..'")
     known = set(templates.tolist())
     missing = sorted({int(t) for t in np.concatenate([p1, p2]) if int(t) not in known})
     if missing:

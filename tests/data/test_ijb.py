@@ -162,3 +162,23 @@ def test_encoded_bytes_are_written_as_given(tmp_path) -> None:
     args = {k: v for k, v in made.items() if k != "faces"}
     write_ijb(tmp_path / "b", "x", **dict(args, crops=[raw] * 5))
     assert (tmp_path / "b" / "loose_crop" / "4.jpg").read_bytes() == raw
+
+
+@pytest.mark.parametrize("name", ["../escape.jpg", "sub/../../escape.jpg", "/etc/passwd"])
+def test_image_names_leaving_loose_crop_are_refused_by_reader_and_writer(tmp_path, name) -> None:
+    made = _make_set(tmp_path / "ok")
+    args = {k: v for k, v in made.items() if k != "faces"}
+    with pytest.raises(DataFormatError) as err:
+        write_ijb(tmp_path / "bad", "x", **dict(args, image_names=["1.jpg", name, "3", "4", "5"]))
+    msg = str(err.value)
+    assert "\n" not in msg and "[line 2, image_name]" in msg and "tid_mid" in msg and name in msg
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "escape.jpg").exists()
+    # a meta file edited by hand: the reader names the file and the line
+    path = meta_paths(tmp_path / "ok", "ijbx")["tid_mid"]
+    lines = path.read_text().splitlines()
+    lines[2] = f"{name} 20 200"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError) as err:
+        read_ijb(tmp_path / "ok", "ijbx")
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and "[line 3, image_name]" in msg and "loose_crop" in msg
