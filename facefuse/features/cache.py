@@ -26,7 +26,7 @@ from facefuse.features.extract import PREPROCESSING, ImageSource, extract_maps
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the key holds the dataset's content fingerprint
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,15 @@ class CacheKey:
     dataset: str
     preprocessing: str = PREPROCESSING
     flip: bool = False
+    #: the dataset's content fingerprint (facefuse.data.fingerprint): the name alone would let a
+    #: dataset rebuilt under the same name read the old maps
+    content: str = ""
 
     def stem(self) -> str:
         """Returns the entry's file stem inside its dataset folder."""
         side = "flip" if self.flip else "orig"
-        return f"{self.checkpoint_hash[:16]}_{self.preprocessing}_{side}"
+        content = f"_{self.content[:16]}" if self.content else ""
+        return f"{self.checkpoint_hash[:16]}{content}_{self.preprocessing}_{side}"
 
 
 class FeatureCache:

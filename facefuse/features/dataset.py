@@ -6,10 +6,8 @@ float16) or from backbones run on the fly; both index the same way, so the loop 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,6 +17,9 @@ from typing import Any, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
+from facefuse.data._io import atomic_write
+from facefuse.data.fingerprint import content_fingerprint
+from facefuse.errors import DataFormatError
 from facefuse.features.cache import CacheKey, FeatureCache
 from facefuse.features.extract import PREPROCESSING, ImageSource, image_source, maps_for_indices
 
@@ -88,17 +89,6 @@ class BackbonePair:
     adaface: Path
 
 
-def _file_fingerprint(path: Path) -> str:
-    """Returns a cheap identity of a dataset path (size and mtime of its files)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file() and "loose_crop" not in p.parts) \
-        if path.is_dir() else [path]
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path.parent)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
 def _dataset_meta(name: str, data_root: Path, cache_root: Path) -> dict[str, np.ndarray]:
     """Returns a dataset's protocol metadata, cached beside its maps so warm trials skip decoding."""
     from facefuse.data import RecordIODataset, ImageFolderDataset, dataset_path, get_dataset, read_ijb
@@ -106,7 +96,7 @@ def _dataset_meta(name: str, data_root: Path, cache_root: Path) -> dict[str, np.
 
     spec = get_dataset(name)
     path = dataset_path(name, data_root)
-    out = cache_root / name / f"meta_{_file_fingerprint(path)}.npz"
+    out = cache_root / name / f"meta_{content_fingerprint(name, data_root)}.npz"
     if out.exists():
         with np.load(out, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -121,11 +111,8 @@ def _dataset_meta(name: str, data_root: Path, cache_root: Path) -> dict[str, np.
         ds = RecordIODataset(path) if spec.kind == "recordio" else ImageFolderDataset(path)
         meta = {"labels": np.asarray(ds.labels, dtype=np.int64),
                 "num_classes": np.asarray(ds.num_classes)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_write(out, "wb") as fh:
         np.savez(fh, **meta)
-    os.replace(tmp, out)
     return meta
 
 
@@ -175,7 +162,8 @@ def dataset_maps(name: str, data_root: Path, backbones: BackbonePair,
             if cache_root is None:
                 arrays[(which, flip)] = LiveMaps(_load_backbone_cached(str(ckpt)), source(), flip)
                 continue
-            key = CacheKey(checkpoint_hash_of(ckpt), name, PREPROCESSING, flip)
+            key = CacheKey(checkpoint_hash_of(ckpt), name, PREPROCESSING, flip,
+                           content_fingerprint(name, data_root))
             hit = FeatureCache(cache_root).get(key)
             if hit is None:
                 missing.append(((which, flip), key, Path(ckpt)))
@@ -205,7 +193,28 @@ def load_train_set(name: str, data_root: Path, backbones: BackbonePair,
     meta = _dataset_meta(name, data_root, cache_root or Path(tempfile.gettempdir()) / "facefuse-meta")
     maps = dataset_maps(name, data_root, backbones, cache_root, build, progress=progress,
                         flips=flips)
+    check_map_count(name, maps, len(meta["labels"]), "labels", cache_root)
     return TrainSet(name, maps, meta["labels"].astype(np.int64), int(meta["num_classes"]))
+
+
+def expected_map_count(kind: str, meta: dict[str, np.ndarray]) -> tuple[int, str]:
+    """Returns (number of images the protocol metadata describes, what it was counted from)."""
+    if kind == "verification":
+        return 2 * len(meta["issame"]), "2 x issame"
+    if kind == "ijb":
+        return len(meta["templates"]), "IJB faces"
+    return len(meta["labels"]), "labels"
+
+
+def check_map_count(name: str, maps: PairMaps, expected: int, what: str,
+                    cache_root: Optional[Path]) -> None:
+    """Raises a DataFormatError unless every map array holds one map per image of the dataset."""
+    for arr in (maps.a, maps.b, maps.a_flip, maps.b_flip):
+        if arr is not None and len(arr) != expected:
+            where = getattr(arr, "filename", None) or cache_root or name
+            raise DataFormatError(where, f"{len(arr)} feature maps for {name} but {expected} {what}",
+                                  field="maps", fix="the entry was built from other data; delete it "
+                                  "and run `python -m platform.prepare features JOB.yaml`")
 
 
 def load_eval_sets(names: Sequence[str], data_root: Path, backbones: BackbonePair,
@@ -220,6 +229,7 @@ def load_eval_sets(names: Sequence[str], data_root: Path, backbones: BackbonePai
         spec = get_dataset(name)
         meta = _dataset_meta(name, data_root, meta_root)
         maps = dataset_maps(name, data_root, backbones, cache_root, build, progress=progress)
+        check_map_count(name, maps, *expected_map_count(spec.kind, meta), cache_root)
         out.append(EvalSet(name, spec.kind, maps, meta))
     return out
 
