@@ -44,7 +44,7 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
         pair = BackbonePair(Path(job.backbones.arcface), Path(job.backbones.adaface))
         train_flips = bool(job.params.get("flip_augment", True))
         for ds in [job.data.train, *job.data.eval]:
-            dataset_maps(ds, Path(job.data.root), pair, Path(job.data.cache_dir), build=True,
+            dataset_maps(ds, Path(job.data.root), pair, job.data.cache_dir, build=True,
                          flips=train_flips or ds != job.data.train)
     logger.info("job %s prepared in %.0fs", job.name, time.perf_counter() - t0)
     return job, trial_context(job)

@@ -28,8 +28,13 @@ def test_cached_and_on_the_fly_maps_are_identical(world: dict[str, Path]) -> Non
 
 
 def test_training_on_real_formats_reports_every_protocol_metric(world: dict[str, Path]) -> None:
+    from facefuse.features.extraction import DatasetWork, extract
+    from facefuse.features.store import ShardStore
     from facefuse.train.trial import TrialContext, run_training
 
+    # trials never extract: the store is filled first, as the sweep driver does
+    extract(ShardStore(world["base"] / "cache"), world["data"], (world["arcface"], world["adaface"]),
+            [DatasetWork("synth_train", True)] + [DatasetWork(d, True) for d in EVAL], use_ray=False)
     ctx = TrialContext(data_root=str(world["data"]), cache_dir=str(world["base"] / "cache"),
                        arcface_checkpoint=str(world["arcface"]),
                        adaface_checkpoint=str(world["adaface"]), train_dataset="synth_train",

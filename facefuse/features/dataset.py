@@ -20,8 +20,7 @@ import torch
 from facefuse.data._io import atomic_write
 from facefuse.data.fingerprint import content_fingerprint
 from facefuse.errors import DataFormatError
-from facefuse.features.cache import CacheKey, FeatureCache
-from facefuse.features.extract import PREPROCESSING, ImageSource, image_source, maps_for_indices
+from facefuse.features.extract import ImageSource, image_source, maps_for_indices
 
 logger = logging.getLogger(__name__)
 
@@ -140,57 +139,73 @@ def checkpoint_hash_of(path: Path) -> str:
     return _checkpoint_hash_cached(str(path), st.st_mtime_ns, st.st_size)
 
 
+def missing_entry_error(name: str, store: str, what: str) -> DataFormatError:
+    """Returns the one error every reader raises for an entry the store does not hold."""
+    from facefuse.features.store import build_command
+
+    return DataFormatError(store, f"no complete feature entry for dataset {name} ({what})",
+                           field=name, fix=f"run `{build_command()}` first (or set features: auto)")
+
+
 def dataset_maps(name: str, data_root: Path, backbones: BackbonePair,
-                 cache_root: Optional[Path], build: bool = True, batch_size: int = 64,
+                 cache_root: Optional[str | Path], build: bool = True, batch_size: int = 64,
                  progress: bool = True, flips: bool = True) -> PairMaps:
-    """Returns both backbones' maps (original and flipped) for a dataset.
+    """Returns both backbones' maps (original, and mirrored when ``flips``) for a dataset.
 
-    With ``cache_root`` the maps come from the cache (built on a miss when ``build``); without
-    it the backbones run on the fly on each access.
+    With ``cache_root`` (a path or a URI) the maps come from the sharded feature store, extracted
+    in this process first on a miss when ``build``; without it the backbones run on the fly.
     """
-    sources: dict[str, ImageSource] = {}
+    if cache_root is None:
+        source = image_source(name, data_root)
+        arrays: dict[tuple[str, bool], MapArray] = {}
+        for which, ckpt in (("a", backbones.arcface), ("b", backbones.adaface)):
+            for flip in ((False, True) if flips else (False,)):
+                arrays[(which, flip)] = LiveMaps(_load_backbone_cached(str(ckpt)), source, flip)
+        return PairMaps(arrays[("a", False)], arrays[("b", False)], arrays.get(("a", True)),
+                        arrays.get(("b", True)))
+    from facefuse.features.extraction import (DatasetWork, extract, keys_for)
+    from facefuse.features.store import ShardStore
 
-    def source() -> ImageSource:
-        if "s" not in sources:
-            sources["s"] = image_source(name, data_root)
-        return sources["s"]
-
-    arrays: dict[tuple[str, bool], MapArray] = {}
-    missing: list[tuple[tuple[str, bool], CacheKey, Path]] = []
-    for which, ckpt in (("a", backbones.arcface), ("b", backbones.adaface)):
-        for flip in ((False, True) if flips else (False,)):
-            if cache_root is None:
-                arrays[(which, flip)] = LiveMaps(_load_backbone_cached(str(ckpt)), source(), flip)
-                continue
-            key = CacheKey(checkpoint_hash_of(ckpt), name, PREPROCESSING, flip,
-                           content_fingerprint(name, data_root))
-            hit = FeatureCache(cache_root).get(key)
-            if hit is None:
-                missing.append(((which, flip), key, Path(ckpt)))
-            else:
-                arrays[(which, flip)] = hit
-    if missing:
+    store = ShardStore(cache_root)
+    content = content_fingerprint(name, data_root)
+    checkpoints = (Path(backbones.arcface), Path(backbones.adaface))
+    keys = keys_for(name, content, checkpoints, flips)
+    count = _image_count(name, data_root)
+    got = [[store.maps(k, count) for k in per] for per in keys]
+    if any(m is None for per in got for m in per):
+        missing = next(k for per, ms in zip(keys, got) for k, m in zip(per, ms) if m is None)
         if not build:
-            (_, flip), _, ckpt = missing[0]
-            raise FileNotFoundError(
-                f"feature cache entry for {name} ({'flip' if flip else 'orig'}, "
-                f"{ckpt.name}) is missing under {cache_root}; run "
-                "`python -m platform.prepare cache JOB.yaml` first")
-        # one pass over the images for every missing (backbone, flip): each batch is decoded once
-        built = FeatureCache(cache_root).build_many(
-            [(key, _load_backbone_cached(str(ckpt))) for _, key, ckpt in missing], source(),
-            batch_size, progress)
-        for (slot, _, _), arr in zip(missing, built):
-            arrays[slot] = arr
-    return PairMaps(arrays[("a", False)], arrays[("b", False)], arrays.get(("a", True)),
-                    arrays.get(("b", True)))
+            raise missing_entry_error(name, store.root, f"{'flip' if missing.flip else 'orig'}, "
+                                      f"checkpoint {missing.checkpoint_hash[:12]}")
+        extract(store, data_root, checkpoints, [DatasetWork(name, flips)], use_ray=False,
+                batch_size=batch_size)
+        got = [[store.maps(k, count) for k in per] for per in keys]
+    a, b = got
+    return PairMaps(a[0], b[0], a[1] if flips else None, b[1] if flips else None)
+
+
+def _image_count(name: str, data_root: Path) -> int:
+    """Returns the number of images of a dataset from its protocol metadata (no image decoding)."""
+    from facefuse.data import get_dataset
+
+    meta = _dataset_meta(name, data_root, Path(tempfile.gettempdir()) / "facefuse-meta")
+    return expected_map_count(get_dataset(name).kind, meta)[0]
+
+
+def _meta_root(cache_root: Optional[str | Path]) -> Path:
+    """Returns the local folder of the protocol-metadata sidecars (beside a local store)."""
+    from facefuse import storage
+
+    if cache_root is None or storage.is_remote(cache_root):
+        return Path(tempfile.gettempdir()) / "facefuse-meta"
+    return Path(cache_root)
 
 
 def load_train_set(name: str, data_root: Path, backbones: BackbonePair,
-                   cache_root: Optional[Path], build: bool = True, progress: bool = True,
+                   cache_root: Optional[str | Path], build: bool = True, progress: bool = True,
                    flips: bool = True) -> TrainSet:
     """Returns the training set's maps and labels (mirrored maps only when ``flips``)."""
-    meta = _dataset_meta(name, data_root, cache_root or Path(tempfile.gettempdir()) / "facefuse-meta")
+    meta = _dataset_meta(name, data_root, _meta_root(cache_root))
     maps = dataset_maps(name, data_root, backbones, cache_root, build, progress=progress,
                         flips=flips)
     check_map_count(name, maps, len(meta["labels"]), "labels", cache_root)
@@ -218,13 +233,13 @@ def check_map_count(name: str, maps: PairMaps, expected: int, what: str,
 
 
 def load_eval_sets(names: Sequence[str], data_root: Path, backbones: BackbonePair,
-                   cache_root: Optional[Path], build: bool = True,
+                   cache_root: Optional[str | Path], build: bool = True,
                    progress: bool = True) -> list[EvalSet]:
     """Returns every evaluation set a job names, with maps and protocol metadata."""
     from facefuse.data import get_dataset
 
     out = []
-    meta_root = cache_root or Path(tempfile.gettempdir()) / "facefuse-meta"
+    meta_root = _meta_root(cache_root)
     for name in names:
         spec = get_dataset(name)
         meta = _dataset_meta(name, data_root, meta_root)

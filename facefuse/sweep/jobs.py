@@ -483,7 +483,9 @@ def resolve_paths(job: JobSpec, cwd: Optional[PathLike] = None) -> JobSpec:
     if cache is None or cache.lower() == "none":
         out.data.cache_dir = None
     else:
-        out.data.cache_dir = str(emb.cache_dir) if cache == EMBEDDED else _abs(cache, base)
+        # a URI (s3://, gs://) is a store address, not a path relative to the job file
+        out.data.cache_dir = str(emb.cache_dir) if cache == EMBEDDED else (
+            cache if "://" in cache and not cache.startswith("file://") else _abs(cache, base))
     out.backbones.arcface = (str(emb.arcface_checkpoint) if job.backbones.arcface == EMBEDDED
                              else _abs(job.backbones.arcface, base))
     out.backbones.adaface = (str(emb.adaface_checkpoint) if job.backbones.adaface == EMBEDDED

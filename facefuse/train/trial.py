@@ -123,11 +123,13 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
     config = flat_config(config)  # grid entries (the ablation's) are merged into plain settings
     model_over, tcfg = split_config(config)
     backbones = BackbonePair(Path(ctx.arcface_checkpoint), Path(ctx.adaface_checkpoint))
-    cache = Path(ctx.cache_dir) if ctx.cache_dir else None
+    cache = ctx.cache_dir or None  # a path or a store URI
     data_root = Path(ctx.data_root)
-    train_set = load_train_set(ctx.train_dataset, data_root, backbones, cache, progress=False,
-                               flips=tcfg.flip_augment)
-    eval_sets = load_eval_sets(ctx.eval_datasets, data_root, backbones, cache, progress=False)
+    # trials never extract: the sweep driver filled the store, a missing entry fails at once
+    train_set = load_train_set(ctx.train_dataset, data_root, backbones, cache, build=False,
+                               progress=False, flips=tcfg.flip_augment)
+    eval_sets = load_eval_sets(ctx.eval_datasets, data_root, backbones, cache, build=False,
+                               progress=False)
     torch.manual_seed(tcfg.seed)
     model = build_model(model_over, train_set)
     resume = load_state(resume_dir) if resume_dir is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,7 @@ import pytest
 
 from facefuse.data.fingerprint import content_fingerprint
 from facefuse.errors import DataFormatError
-from facefuse.features.cache import CacheKey, FeatureCache
-from facefuse.features.dataset import (BackbonePair, _load_backbone_cached, checkpoint_hash_of,
-                                       load_eval_sets, load_train_set)
-from facefuse.features.extract import PREPROCESSING, image_source
+from facefuse.features.dataset import BackbonePair, load_eval_sets, load_train_set
 from facefuse.synth import build_suite
 
 SMALL = dict(train_identities=6, train_images_per_identity=3, verification_pairs=20,
@@ -44,23 +42,36 @@ def test_dataset_rebuilt_with_another_seed_never_reads_the_old_maps(
     for name in before:
         np.testing.assert_array_equal(second[name], live[name])
         assert first[name].shape != second[name].shape or not np.array_equal(first[name], second[name])
-    # both generations are separate entries in the store; nothing was overwritten in place
-    assert len(list((cache / "synth_lfw").glob("*_orig.npy"))) == 4
+    # both generations are separate folders of the store; nothing was overwritten in place
+    assert len(list(cache.glob("synth_lfw-*/manifest.json"))) == 2
 
 
 def test_entry_with_another_number_of_maps_than_labels_is_an_error(
         tmp_path: Path, world: dict[str, Path]) -> None:
     data, cache = tmp_path / "data", tmp_path / "cache"
     build_suite(data, seed=1, workers=1, progress=False, **SMALL)
-    source = image_source("synth_lfw", data)
-    short = type(source)(source.name, source.count - 2, source.read)
-    ckpt = world["arcface"]
-    key = CacheKey(checkpoint_hash_of(ckpt), "synth_lfw", PREPROCESSING, False,
-                   content_fingerprint("synth_lfw", data))
-    FeatureCache(cache).build(key, _load_backbone_cached(str(ckpt)), short, progress=False)
+    pair = BackbonePair(world["arcface"], world["adaface"])
+    load_eval_sets(["synth_lfw"], data, pair, cache, progress=False)  # extracts
+    (manifest,) = cache.glob("synth_lfw-*/manifest.json")
+    doc = json.loads(manifest.read_text())
+    count = doc["count"]
+    manifest.write_text(json.dumps(dict(doc, count=count - 2)))
     with pytest.raises(DataFormatError) as err:
-        load_eval_sets(["synth_lfw"], data, BackbonePair(ckpt, world["adaface"]), cache,
-                       progress=False)
+        load_eval_sets(["synth_lfw"], data, pair, cache, build=False, progress=False)
     msg = str(err.value)
-    assert "\n" not in msg and f"{source.count - 2} feature maps for synth_lfw" in msg
-    assert f"but {source.count} 2 x issame" in msg and "prepare features" in msg
+    assert "\n" not in msg and msg.startswith(str(manifest))
+    assert f"{count - 2} feature maps for synth_lfw but {count}" in msg and "prepare features" in msg
+
+
+def test_manifest_naming_a_gone_shard_is_a_missing_entry(tmp_path: Path, world: dict[str, Path]) -> None:
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    build_suite(data, seed=1, workers=1, progress=False, **SMALL)
+    pair = BackbonePair(world["arcface"], world["adaface"])
+    load_eval_sets(["synth_lfw"], data, pair, cache, progress=False)
+    shard = sorted(cache.glob("synth_lfw-*/*_flip/shard-00000.npy"))[0]
+    shard.unlink()
+    with pytest.raises(DataFormatError) as err:
+        load_eval_sets(["synth_lfw"], data, pair, cache, build=False, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(str(cache)) and "synth_lfw" in msg
+    assert "python -m platform.prepare features JOB.yaml" in msg
