@@ -42,12 +42,46 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
                               fix="give the path of an insightface backbone.pth or AdaFace .ckpt")
     if build_cache and job.data.cache_dir:
         pair = BackbonePair(Path(job.backbones.arcface), Path(job.backbones.adaface))
-        train_flips = bool(job.params.get("flip_augment", True))
-        for ds in [job.data.train, *job.data.eval]:
-            dataset_maps(ds, Path(job.data.root), pair, job.data.cache_dir, build=True,
-                         flips=train_flips or ds != job.data.train)
+        for work in job_datasets(job):
+            dataset_maps(work.name, Path(job.data.root), pair, job.data.cache_dir, build=True,
+                         flips=work.flips)
     logger.info("job %s prepared in %.0fs", job.name, time.perf_counter() - t0)
     return job, trial_context(job)
+
+
+def job_datasets(job) -> list:
+    """Returns the DatasetWork of every set a job reads (mirrored train maps only with flip_augment)."""
+    from facefuse.features.extraction import DatasetWork
+
+    train_flips = bool(job.params.get("flip_augment", True))
+    return [DatasetWork(job.data.train, train_flips)] + [DatasetWork(d, True) for d in job.data.eval]
+
+
+def extract_features(job, use_ray: bool = True, shard_size: Optional[int] = None,
+                     actors: int = 1) -> dict[str, Any]:
+    """Returns the extraction summary after filling the job's feature store (data.cache_dir).
+
+    With ``use_ray`` this is one Ray Data job on the cluster Ray joins (RAY_ADDRESS) or a local
+    one; GPUs per extraction actor follow the job's resources.gpus_per_worker.
+    """
+    from facefuse.errors import ConfigError
+    from facefuse.features.extraction import extract
+    from facefuse.features.store import DEFAULT_SHARD_SIZE, ShardStore
+
+    if not job.data.cache_dir:
+        raise ConfigError(job.source, "data.cache_dir is none: features run on the fly, nothing "
+                          "to extract", field="data.cache_dir",
+                          fix="give a path or s3:// URI to extract to")
+    if use_ray:
+        from facefuse.sweep.tuner import init_ray
+        import ray
+
+        if not ray.is_initialized():
+            init_ray(include_dashboard=False)
+    return extract(ShardStore(job.data.cache_dir), Path(job.data.root),
+                   (Path(job.backbones.arcface), Path(job.backbones.adaface)), job_datasets(job),
+                   shard_size=shard_size or DEFAULT_SHARD_SIZE, use_ray=use_ray,
+                   gpus_per_actor=float(job.resources.gpus_per_worker), actors=actors)
 
 
 def sweep_rows(tracking_uri: str, sweep_id: str, datasets: list[str]) -> list[dict[str, Any]]:

@@ -18,8 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="data root holding faces_synth/")
     p.add_argument("--out", type=Path, default=None, help="default: <data>/../backbones")
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("cache", help="fill the feature-map cache a job needs")
-    p.add_argument("job", type=Path, help="job YAML file")
+    for name in ("features", "cache"):  # "cache": the command's earlier name, kept working
+        p = sub.add_parser(name, help="extract the feature maps a job needs into its store "
+                           "(one Ray Data job; data.cache_dir may be a path or s3:// URI)")
+        p.add_argument("job", type=Path, help="job YAML file")
+        p.add_argument("--shard-size", type=int, default=None, help="images per shard (default 4096)")
+        p.add_argument("--actors", type=int, default=1, help="backbone actors (default 1)")
+        p.add_argument("--no-ray", action="store_true", help="extract in this process instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -36,9 +41,15 @@ def main(argv: list[str] | None = None) -> int:
             trained = ensure_tiny_backbones(args.data.resolve(), out, args.seed)
             print(f"tiny backbones {'trained into' if trained else 'already present in'} {out}")
         else:
-            from facefuse.pipeline import prepare_job
-            job, ctx = prepare_job(args.job)
-            print(f"feature cache for {job.name} ready in {ctx['cache_dir']}")
+            from facefuse.pipeline import extract_features, prepare_job
+            job, ctx = prepare_job(args.job, build_cache=False)
+            summary = extract_features(job, use_ray=not args.no_ray, shard_size=args.shard_size,
+                                       actors=args.actors)
+            for name, ckpt, nbytes in summary["sizes"]:
+                print(f"  {name:16s} {ckpt:24s} {nbytes / 1e9:9.3f} GB")
+            print(f"features for {job.name} ready in {ctx['cache_dir']}: {summary['shards']} shard(s), "
+                  f"{summary['images']} images extracted in {summary['seconds']:.1f}s "
+                  f"({summary['images_per_s']:.1f} images/s)")
     except FacefuseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
