@@ -48,6 +48,8 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_SIZE = 4096
 STAGE_DIR_ENV = "FACEFUSE_STAGE_DIR"
+STAGE_LIMIT_ENV = "FACEFUSE_STAGE_LIMIT_BYTES"
+DEFAULT_STAGE_LIMIT = 200 * 10**9  # node-local bytes of staged shards before LRU eviction
 
 
 def build_command() -> str:
@@ -184,16 +186,19 @@ class ShardStore:
             return None
         entry = manifest["entries"][key.stem()]
         shard_size = int(manifest["shard_size"])
-        shards = [self._local_shard(key, i, entry["shards"][str(i)])
+        arrays = [self._open_shard(key, i, entry["shards"][str(i)])
                   for i in range(len(self.plan(count, shard_size)))]
-        arrays = [np.load(p, mmap_mode="r") for p in shards]
         return ShardedMaps(arrays, shard_size)
 
-    def _local_shard(self, key: CacheKey, shard: int, rec: dict[str, Any]) -> Path:
-        """Returns a local path holding the verified shard (the store itself when it is local)."""
+    def _open_shard(self, key: CacheKey, shard: int, rec: dict[str, Any]) -> np.ndarray:
+        """Returns the verified shard memory-mapped (from the store itself when it is local).
+
+        A staged copy is opened under the staging lock: once mapped, a later eviction (unlink)
+        by another trial cannot take it away.
+        """
         uri = self.shard_uri(key, shard)
         if not storage.is_remote(uri):
-            return Path(uri)
+            return np.load(uri, mmap_mode="r")
         from filelock import FileLock
 
         local = self.stage_dir / hashlib.sha256(uri.encode()).hexdigest()[:24] / Path(uri).name
@@ -203,12 +208,29 @@ class ShardStore:
         with FileLock(str(local) + ".lock"):
             if local.exists() and local.stat().st_size == rec["size"]:
                 os.utime(local)  # recency for least-recently-used eviction
-                return local
+                return np.load(local, mmap_mode="r")
             data = storage.read_bytes(uri)
             if len(data) != rec["size"] or hashlib.sha256(data).hexdigest() != rec["sha256"]:
                 raise DataFormatError(uri, "shard differs from its manifest record (size or sha256)",
                                       field="sha256", fix=f"delete the shard and run `{build_command()}`")
+            self._evict(len(data), keep=local)
             with atomic_write(local, "wb") as fh:
                 fh.write(data)
             logger.info("staged %s (%d bytes) to %s", uri, len(data), local)
-        return local
+            return np.load(local, mmap_mode="r")
+
+    def _evict(self, incoming: int, keep: Path) -> None:
+        """Deletes least-recently-used staged shards until ``incoming`` more bytes fit the limit.
+
+        Safe while other trials read them: a memory-mapped file stays readable after unlink.
+        """
+        limit = int(os.environ.get(STAGE_LIMIT_ENV, DEFAULT_STAGE_LIMIT))
+        files = [(p.stat().st_mtime_ns, p.stat().st_size, p) for p in self.stage_dir.rglob("*.npy")
+                 if p != keep]
+        used = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if used + incoming <= limit:
+                break
+            path.unlink(missing_ok=True)
+            used -= size
+            logger.info("evicted staged shard %s (least recently used)", path)
