@@ -24,7 +24,6 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
     Embedded pieces (synthetic data, tiny backbones) are built when the job names them and they
     are not complete yet; the feature cache is filled for the train set and every eval set.
     """
-    from facefuse.features.dataset import BackbonePair, dataset_maps  # torch: seconds
 
     job = resolve_paths(load_job(path), cwd)
     emb = embedded_paths(cwd)
@@ -41,10 +40,11 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
                               field=f"backbones.{name}",
                               fix="give the path of an insightface backbone.pth or AdaFace .ckpt")
     if build_cache and job.data.cache_dir:
-        pair = BackbonePair(Path(job.backbones.arcface), Path(job.backbones.adaface))
-        for work in job_datasets(job):
-            dataset_maps(work.name, Path(job.data.root), pair, job.data.cache_dir, build=True,
-                         flips=work.flips)
+        if job.features == "auto":
+            # the same extraction as `prepare features`, in this process: for the tiny embedded
+            # sets a Ray Data job would cost more to start than it saves
+            extract_features(job, use_ray=False)
+        check_features(job)
     logger.info("job %s prepared in %.0fs", job.name, time.perf_counter() - t0)
     return job, trial_context(job)
 
@@ -55,6 +55,27 @@ def job_datasets(job) -> list:
 
     train_flips = bool(job.params.get("flip_augment", True))
     return [DatasetWork(job.data.train, train_flips)] + [DatasetWork(d, True) for d in job.data.eval]
+
+
+def check_features(job) -> None:
+    """Raises the missing-entry error unless the job's store holds every entry the job reads."""
+    from facefuse.data.fingerprint import content_fingerprint
+    from facefuse.features.dataset import _image_count, missing_entry_error
+    from facefuse.features.extraction import keys_for
+    from facefuse.features.store import ShardStore
+
+    store = ShardStore(job.data.cache_dir)
+    ckpts = (Path(job.backbones.arcface), Path(job.backbones.adaface))
+    for work in job_datasets(job):
+        content = content_fingerprint(work.name, Path(job.data.root))
+        count = _image_count(work.name, Path(job.data.root))
+        manifest = store.read_manifest(work.name, content)
+        for per in keys_for(work.name, content, ckpts, work.flips):
+            for key in per:
+                if not store.has(key, count, manifest):
+                    raise missing_entry_error(work.name, store.root,
+                                              f"{'flip' if key.flip else 'orig'}, checkpoint "
+                                              f"{key.checkpoint_hash[:12]}")
 
 
 def extract_features(job, use_ray: bool = True, shard_size: Optional[int] = None,

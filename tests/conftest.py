@@ -73,6 +73,7 @@ def world_job(world: dict[str, Path]) -> Callable[..., Path]:
             "storage": str(tmp / "results"),
             "params": {"batch_size": 32, "d_model": 32, "fusion_hidden": 64, "embedding_size": 32},
             "seed": 0,
+            "features": "auto",  # extract missing entries before the sweep, as the quickstart does
         }
         job.update(over)
         path = tmp / f"{name}.yaml"

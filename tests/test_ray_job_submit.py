@@ -96,7 +96,7 @@ def test_submitted_sweep_runs_on_the_head_and_tracks_to_an_absolute_store(
                  tmp_path / "b.ckpt")
     store = tmp_path / "mlflow.db"
     job = {
-        "name": "submitted", "trials": 2, "epochs": 1, "seed": 0,
+        "name": "submitted", "trials": 2, "epochs": 1, "seed": 0, "features": "auto",
         "data": {"root": str(tmp_path / "data"), "train": "synth_train",
                  "eval": ["synth_lfw", "synth_ijbb"], "cache_dir": str(tmp_path / "cache")},
         "backbones": {"arcface": str(tmp_path / "a.pth"), "adaface": str(tmp_path / "b.ckpt")},

@@ -40,7 +40,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -157,6 +157,9 @@ class JobSpec(_Spec):
     variant: Optional[str] = Field(default=None, min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     ablation: dict[str, Any] = Field(default_factory=dict)  # variants, betas, seeds
+    # issue 11 (feature store): "auto" extracts missing feature entries before the sweep,
+    # "require" refuses to start without them
+    features: Literal["require", "auto"] = "require"
     # Not keys of the file: where it came from and what the driver did with it.
     source: Optional[str] = None
     resolved: bool = False
@@ -186,7 +189,8 @@ class JobSpec(_Spec):
         fixed params do.
         """
         d = dict(self.written) if self.written else self.to_dict()
-        for key in ("resources", "tracking", "storage", "source", "resolved", "max_failures"):
+        for key in ("resources", "tracking", "storage", "source", "resolved", "max_failures",
+                    "features"):
             d.pop(key, None)
         if self.resolved:
             try:
