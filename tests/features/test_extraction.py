@@ -107,3 +107,32 @@ def test_extraction_to_s3_reads_the_same_maps_staged_once(
     _all_maps(world, uri)  # a second reader on this node uses the staged copy
     assert sorted(stage.rglob("*.npy")) == staged
     assert {p: p.stat().st_ino for p in staged} == before  # read, not copied again
+    # two trials on the s3:// store (staged) and on a local store (another shard size): the
+    # training loop sees the same batches, so every per-epoch metric is identical
+    from facefuse.features.extraction import DatasetWork, extract
+    from facefuse.features.store import ShardStore
+
+    local = str(tmp_path / "local")
+    extract(ShardStore(local), world["data"], (world["arcface"], world["adaface"]),
+            [DatasetWork("synth_train", True), DatasetWork("synth_lfw", True)], shard_size=1000,
+            use_ray=False)
+    remote_hist, local_hist = _train_twice(world, uri), _train_twice(world, local)
+    assert remote_hist == local_hist and len(remote_hist[0.1]) == 2
+    assert remote_hist[0.01][-1] != remote_hist[0.1][-1]
+
+
+def _train_twice(world: dict[str, Path], store: str) -> dict[float, list[dict[str, float]]]:
+    """Returns the per-epoch metrics of two trials (two betas) reading a store."""
+    from facefuse.train.trial import TrialContext, run_training
+
+    ctx = TrialContext(data_root=str(world["data"]), cache_dir=store,
+                       arcface_checkpoint=str(world["arcface"]),
+                       adaface_checkpoint=str(world["adaface"]), train_dataset="synth_train",
+                       eval_datasets=["synth_lfw"], objective={"quality": "all"})
+    out = {}
+    for beta in (0.01, 0.1):
+        hist = run_training({"epochs": 2, "batch_size": 32, "d_model": 32, "fusion_hidden": 64,
+                             "embedding_size": 32, "beta": beta, "seed": 0}, ctx,
+                            lambda m, c: None, None)
+        out[beta] = [{k: v for k, v in e.items() if not k.startswith("time/")} for e in hist]
+    return out
