@@ -247,7 +247,8 @@ def run_ray(plan: Plan, gpus_per_actor: float = 0.0, actors: int = 1, batch_size
     ds = ds.map_batches(_Extract, fn_constructor_kwargs={
         "root": plan.store.root, "checkpoints": tuple(str(c) for c in plan.checkpoints),
         "tasks": tasks, "batch_size": batch_size}, batch_size=1, batch_format="numpy",
-        concurrency=actors, num_gpus=gpus_per_actor or None, num_cpus=0.5 if gpus_per_actor else 1)
+        compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor or None,
+        num_cpus=0.5 if gpus_per_actor else 1)
     by_name = {d["name"]: d for d in plan.datasets}
     manifests = {d["name"]: plan.store.read_manifest(d["name"], d["content"]) for d in plan.datasets}
     done = 0
