@@ -152,7 +152,7 @@ def main() -> int:
     world = build_world(base)
     run_name = f"load{args.trials}x{args.concurrent}-{args.trainable}-{int(time.time())}"
     job = {
-        "name": run_name, "seed": 0, "trials": args.trials, "epochs": args.epochs,
+        "name": run_name, "seed": 0, "features": "auto", "trials": args.trials, "epochs": args.epochs,
         "data": {"root": str(world["data"]), "train": "synth_train", "eval": EVAL,
                  "cache_dir": str(base / "cache")},
         "backbones": {"arcface": str(world["arcface"]), "adaface": str(world["adaface"])},

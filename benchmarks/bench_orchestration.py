@@ -39,7 +39,7 @@ def _world(base: Path) -> dict[str, Path]:
 def _job(base: Path, w: dict[str, Path], name: str, trials: int, epochs: int, workers: int) -> Path:
     repo = Path(__file__).resolve().parents[1]
     job = {
-        "name": name, "seed": 0, "trials": trials, "epochs": epochs,
+        "name": name, "seed": 0, "features": "auto", "trials": trials, "epochs": epochs,
         "data": {"root": str(w["data"]), "train": "synth_train",
                  "eval": ["synth_lfw", "synth_ijbb"], "cache_dir": str(base / "cache")},
         "backbones": {"arcface": str(w["a"]), "adaface": str(w["b"])},
