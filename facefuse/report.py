@@ -232,7 +232,8 @@ def _beta_label(raw: Optional[str]) -> str:
         return "-"
 
 
-def plot_rocs(rocs: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_rocs(rocs: Sequence[dict[str, Any]], path: Path,
+              title: str = "IJB 1:1 verification: best trial per set") -> Path:
     """Returns the path of a PNG with one ROC curve (TAR vs log FAR) per IJB set."""
     from matplotlib.figure import Figure
 
@@ -242,13 +243,13 @@ def plot_rocs(rocs: Sequence[dict[str, Any]], path: Path) -> Path:
         keep = roc["fpr"] > 0
         ax.plot(roc["fpr"][keep], roc["tpr"][keep],
                 label=f"{roc['dataset']}: {roc['metric'].split('/', 1)[1]}={roc['value']:.4f} "
-                      f"(beta {roc['beta']}, run {roc['run_id'][:8]})")
+                      f"(beta {roc['beta']}, run {roc['run_id'][:12]})")
     ax.set_xscale("log")
     ax.set_xlim(1e-6, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("FAR (false accept rate)")
     ax.set_ylabel("TAR (true accept rate)")
-    ax.set_title("IJB 1:1 verification: best trial per set")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save_figure(fig, path)

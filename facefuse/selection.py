@@ -703,6 +703,14 @@ def register_choice(tracking_uri: Optional[str], selection: BetaSelection,
     checkpoint = next((p for p in top if p.split("/")[-1].startswith("best_checkpoint")), None)
     base = run.info.artifact_uri.rstrip("/")
     source = f"{base}/{checkpoint}" if checkpoint else f"{base}/best_beta"
+    # A run that logged its best checkpoint as an MLflow model registers that model, so the
+    # alias loads with mlflow.pytorch.load_model.
+    model_id = run.data.tags.get(S.TAG_MODEL_ID)
+    if model_id:
+        # The model's own artifact location, not "models:/<id>": the registry resolves a
+        # models:/ source through the process's global tracking URI.
+        source = tracking_call("reading the logged model", client.get_logged_model,
+                               model_id).artifact_location
 
     from mlflow.exceptions import MlflowException
 
@@ -719,10 +727,11 @@ def register_choice(tracking_uri: Optional[str], selection: BetaSelection,
             S.TAG_SELECTED_BETA: selection.params.get("beta", repr(selection.beta)),
             S.TAG_SELECTED_BETA_ESTIMATE: repr(selection.beta),
             S.TAG_SELECTED_VALUE: repr(selection.value),
-            S.TAG_HAS_CHECKPOINT: "true" if checkpoint else "false"}
+            S.TAG_HAS_CHECKPOINT: "true" if checkpoint else "false",
+            S.TAG_LOADABLE_MODEL: "true" if model_id else "false"}
     version = tracking_call(
         "creating the model version", client.create_model_version, model_name, source,
-        run_id=selection.run_id, tags=tags,
+        run_id=selection.run_id, tags=tags, model_id=model_id,
         description=(f"best beta for {dataset}: beta={selection.beta:.3g}, {selection.metric}="
                      f"{selection.value:.6g} ({selection.epoch_policy} epoch)"))
     tracking_call("setting the alias", client.set_registered_model_alias, model_name, alias,

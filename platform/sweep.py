@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="start a new sweep instead of resuming this job's last one")
     parser.add_argument("--retry-failed", action="store_true",
                         help="on resume, also retry trials that failed")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Ray Tune's own result boxes and status tables "
+                             "(default: one line per trial event)")
     args = parser.parse_args(argv)
 
     from platform._cli import run_command
@@ -51,9 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         # torch and ray: imported only once the arguments are known to be good
         from facefuse.pipeline import prepare_job, sweep_rows
         from facefuse.sweep import run_sweep
+        from facefuse.sweep.study import dashboard_command
+        from facefuse.tracking.names import experiment_ui_url
+        from facefuse.sweep_report import summary_handler, trial_roc_plot
 
         job, _ = prepare_job(args.job)
-        result = run_sweep(job, resume=not args.fresh, retry_errored=args.retry_failed)
+        result = run_sweep(job, resume=not args.fresh, retry_errored=args.retry_failed,
+                           verbose=args.verbose, summary_handler=summary_handler,
+                           roc_plot=trial_roc_plot)
         datasets = list(job.data.eval)
         rows = sweep_rows(result.tracking_uri, result.sweep_id, datasets)
         cols = ["trial", "status", "epochs", "beta", "local_heads", "global_heads",
@@ -70,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         uri = result.tracking_uri
         print(f"\nexperiment {result.experiment_name!r} in {uri}")
         print(f"compare trials:  mlflow ui --backend-store-uri {uri}")
+        if result.experiment_id:
+            print(f"  then open {experiment_ui_url('http://127.0.0.1:5000', result.experiment_id)}")
+        dashboard = dashboard_command(job.tracking.uri or "")
+        if dashboard:
+            print(f"optuna study:    {dashboard}   # study {result.sweep_id}")
         return 1 if result.num_errors == len(result.trials) and result.trials else 0
 
     return run_command(body)

@@ -115,3 +115,22 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"ff-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def real_sweep_store(world_job: Callable[..., Path], ray_local: None,
+                     tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny sweep of the real trainable (3 trials, 2 epochs) in an sqlite store, with the beta
+    chosen for synth_ijbc registered as ``facefuse-fusion@best-synth_ijbc``."""
+    from facefuse.pipeline import prepare_job
+    from facefuse.selection import register_choice, select_beta
+    from facefuse.sweep import run_sweep
+    from facefuse.sweep_report import summary_handler, trial_roc_plot
+
+    tmp = tmp_path_factory.mktemp("real_sweep")
+    job, _ = prepare_job(world_job(tmp, "researcher"), cwd=tmp)
+    result = run_sweep(job, summary_handler=summary_handler, roc_plot=trial_roc_plot)
+    selection = select_beta(job.tracking.uri, "synth_ijbc", experiment="researcher")
+    choice = register_choice(job.tracking.uri, selection)
+    return {"tmp": tmp, "job": job, "result": result, "selection": selection, "choice": choice,
+            "uri": job.tracking.uri}

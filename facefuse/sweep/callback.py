@@ -24,7 +24,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from ray.tune import Callback
 from ray.tune import result as tune_result
@@ -33,6 +33,8 @@ from facefuse.tracking import schema as S
 from facefuse.data._io import atomic_write_json
 from facefuse.tracking.queue import OperationQueue
 from facefuse.tracking.store import redact_uri
+from facefuse.tracking.names import trial_label
+from facefuse.train.export import model_handler
 from facefuse.tracking.writer import MAX_TAG_CHARS, SweepWriter
 
 if TYPE_CHECKING:
@@ -105,7 +107,11 @@ class MlflowTrackingCallback(Callback):
                  full_budget_epochs: Optional[int] = None,
                  artifact_location: Optional[str] = None,
                  flush_timeout_s: float = 120.0, initial_backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0) -> None:
+                 max_backoff_s: float = 30.0,
+                 searched_params: Optional[list[str]] = None,
+                 trial_inputs: Optional[list[dict[str, str]]] = None,
+                 summary_handler: Optional[Callable[..., None]] = None,
+                 roc_plot: Optional[Callable[..., Optional[Path]]] = None) -> None:
         self.writer = SweepWriter(tracking_uri, experiment_name, sweep_id, state_dir,
                                   sweep_tags=sweep_tags, trial_tags=trial_tags,
                                   sweep_params=sweep_params, sweep_artifacts=sweep_artifacts,
@@ -115,6 +121,15 @@ class MlflowTrackingCallback(Callback):
         self.flush_timeout_s = flush_timeout_s
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
+        self.searched_params = None if searched_params is None else list(searched_params)
+        self.trial_inputs = list(trial_inputs or [])  # facefuse.tracking.inputs.refs_to_json
+        # Written by layers above the sweep (facefuse.sweep_report), handed in by the command;
+        # module-level functions, so the callback still pickles into Tune's experiment state.
+        self.summary_handler = summary_handler
+        self.roc_plot = roc_plot
+        self.writer.handlers["model"] = model_handler
+        if summary_handler is not None:
+            self.writer.handlers["summary"] = summary_handler
         self._init_runtime()
 
     # ------------------------------------------------------------------ state
@@ -151,6 +166,11 @@ class MlflowTrackingCallback(Callback):
     def parent_run_id(self) -> Optional[str]:
         """Returns the sweep's parent run id once created."""
         return self.writer.parent_run_id
+
+    @property
+    def experiment_id(self) -> Optional[str]:
+        """Returns the MLflow experiment id once the experiment is known."""
+        return self.writer.known_experiment_id
 
     def run_id_of(self, trial_id: str) -> Optional[str]:
         """Returns the MLflow run id of a trial once created."""
@@ -216,13 +236,16 @@ class MlflowTrackingCallback(Callback):
         if any(op["op"] == "trial" and op["trial"] == tid for op in self._queue):
             return
         flat = S.flat_config(dict(trial.config))
-        tags = {S.TAG_TRIAL_NAME: str(trial)}
+        tags = {S.TAG_TRIAL_NAME: str(trial),
+                S.TAG_RUN_NAME: trial_label(trial, self.searched_params)}
         if flat.get("variant") is not None:
             tags[S.TAG_VARIANT] = str(flat["variant"])
         if flat.get("seed") is not None:
             tags[S.TAG_SEED] = str(flat["seed"])
         self._enqueue({"op": "trial", "trial": tid, "params": dict(trial.config), "tags": tags,
                        "reopen": reopen})
+        if self.trial_inputs:
+            self._enqueue({"op": "inputs", "trial": tid, "refs": self.trial_inputs})
         self._drain()
 
     def on_trial_start(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:
@@ -280,9 +303,42 @@ class MlflowTrackingCallback(Callback):
         for path, artifact_path in self._trial_artifacts(trial):
             self._enqueue({"op": "artifact", "trial": tid, "path": path,
                            "artifact_path": artifact_path})
+        model = None if failed else self._best_model_file(trial)
+        if model is not None:
+            self._enqueue({"op": "model", "trial": tid, "path": model})
         self._enqueue({"op": "end", "trial": tid, "status": "FAILED" if failed else "FINISHED",
                        "ts": _now_ms()})
+        if self.summary_handler is not None and not any(
+                op["op"] == "summary" for op in self._queue):  # one pending summary is enough
+            self._enqueue(self._summary_op(final=False))
         self._drain()
+
+    def _summary_op(self, final: bool) -> dict[str, Any]:
+        return {"op": "summary", "trial": None, "final": final,
+                "datasets": list(self.trial_context.get("eval_datasets") or [])}
+
+    def _best_model_file(self, trial: "Trial") -> Optional[str]:
+        """Returns the trainable's best model file (best/model.pt of its checkpoint), or None."""
+        candidates = [Path(trial.local_path or "") / S.ARTIFACT_BEST_CHECKPOINT / "model.pt"]
+        ckpt = getattr(trial, "checkpoint", None)
+        if ckpt is not None and getattr(ckpt, "path", None):
+            candidates.append(Path(ckpt.path) / "best" / "model.pt")
+        return next((str(p) for p in candidates if p.is_file()), None)
+
+    def _roc_plot(self, trial: "Trial", npz: list[Path]) -> Optional[str]:
+        """Returns the path of the trial's ROC picture (drawn here, in the driver), or None."""
+        if not npz or self.roc_plot is None:
+            return None
+        metrics = next((p.parent / "metrics.json" for p in npz
+                        if (p.parent / "metrics.json").is_file()), None)
+        out = self.state_dir / "trial_plots" / trial.trial_id / "roc.png"
+        try:
+            path = self.roc_plot(npz, metrics, trial_label(trial, self.searched_params),
+                                  S.flat_config(dict(trial.config)).get("beta"), out)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("no ROC picture for trial %s: %s", trial.trial_id, exc)
+            return None
+        return None if path is None else str(path)
 
     def _trial_artifacts(self, trial: "Trial") -> list[tuple[str, Optional[str]]]:
         """Returns (local path, artifact dir) pairs: resolved config, ROC files, best checkpoint."""
@@ -306,6 +362,10 @@ class MlflowTrackingCallback(Callback):
             out.append((str(best), S.ARTIFACT_BEST_CHECKPOINT))
             for p in sorted(best.glob("roc_*.npz")) + sorted(best.glob("roc_*.png")):
                 out.append((str(p), S.ARTIFACT_ROC))
+        plot = self._roc_plot(trial, [Path(p) for p, d in out
+                                      if d == S.ARTIFACT_ROC and p.endswith(".npz")])
+        if plot is not None:
+            out.append((plot, S.ARTIFACT_ROC))
         return out
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -319,5 +379,7 @@ class MlflowTrackingCallback(Callback):
         self._enqueue({"op": "orphans", "keep": sorted(t.trial_id for t in trials)})
         self._enqueue({"op": "tags", "trial": None, "tags": {
             S.TAG_TRIALS_TOTAL: str(len(trials)), S.TAG_TRIALS_FAILED: str(failed)}})
+        if self.summary_handler is not None:
+            self._enqueue(self._summary_op(final=True))
         self._enqueue({"op": "end", "trial": None, "status": "FINISHED", "ts": _now_ms()})
         self.flush()

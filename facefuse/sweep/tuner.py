@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from facefuse.errors import ConfigError
+from facefuse.sweep.console import ConsoleReporter, tune_output, tune_verbosity
 from facefuse.sweep.jobs import (JobSpec, dataset_quality, fixed_config, resolve_paths,
                                  trial_context)
+from facefuse.sweep.study import study_storage
 from facefuse.sweep.spaces import check_against_fixed, load_search_space
 from facefuse.tracking import schema as S
 from facefuse.data._io import atomic_write_json
@@ -67,6 +69,7 @@ class SweepResult:
     resumed: bool = False
     wall_s: float = 0.0
     pending_tracking_ops: int = 0
+    experiment_id: Optional[str] = None
 
     @property
     def num_errors(self) -> int:
@@ -267,7 +270,10 @@ def _artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
 
 
 def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[str, Any],
-                   flush_timeout_s: float = 120.0) -> "Any":
+                   flush_timeout_s: float = 120.0,
+                   searched_params: Optional[list[str]] = None,
+                   summary_handler: Optional[Callable[..., None]] = None,
+                   roc_plot: Optional[Callable[..., Any]] = None) -> "Any":
     """Returns the MLflow tracking callback of a resolved job."""
     from facefuse.sweep.callback import MlflowTrackingCallback
 
@@ -287,6 +293,10 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
         S.TAG_GIT_COMMIT: commit,
         S.TAG_JOB: job.name,
         S.TAG_SEARCH_SPACE: os.path.basename(job.search_space),
+        # the runs table's Source column: the job file that made the run, and its commit
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": job.source or job.name,
+        "mlflow.source.git.commit": commit,
     }
     if job.variant:
         common[S.TAG_VARIANT] = job.variant
@@ -304,7 +314,45 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
         sweep_artifacts=[str(job_json), job.search_space],
         trial_context=context, full_budget_epochs=job.max_t,
         artifact_location=_artifact_location(job.tracking.uri or "", job.experiment_name),
-        flush_timeout_s=flush_timeout_s)
+        flush_timeout_s=flush_timeout_s, searched_params=searched_params,
+        trial_inputs=_trial_inputs(job, state_dir), summary_handler=summary_handler,
+        roc_plot=roc_plot)
+
+
+def _trial_inputs(job: JobSpec, state_dir: Path) -> list[dict[str, str]]:
+    """Returns the job's datasets as MLflow dataset inputs (plain dicts), fingerprinted once."""
+    from facefuse.tracking.inputs import refs_to_json, sweep_datasets
+
+    refs = sweep_datasets(str(job.data.root), job.data.train, list(job.data.eval),
+                          trial_context(job).get("objective") or {},
+                          cache_file=state_dir / "dataset_digests.json")
+    return refs_to_json(refs)
+
+
+def _searched_params(space: Any, param_space: Optional[dict[str, Any]]) -> list[str]:
+    """Returns the names of the params a sweep varies (run names show them)."""
+    if param_space is None:
+        return list(space.names)
+    names: list[str] = []
+    for key, value in param_space.items():
+        grid = value.get("grid_search") if isinstance(value, dict) else None
+        if grid is None:
+            if not isinstance(value, (dict, list, str, int, float, bool)) and value is not None:
+                names.append(key)  # a Tune domain (tune.uniform, ...)
+            continue
+        entries = [e if isinstance(e, dict) else {key: e} for e in grid]
+        axes: list[str] = []
+        for name in dict.fromkeys(k for e in entries for k in e):
+            if len({repr(e.get(name)) for e in entries}) < 2:
+                continue
+            # An ablation entry also sets the switches its variant implies: a value fixed by an
+            # axis already named is not an axis of its own.
+            if any(all(len({repr(e.get(name)) for e in entries if repr(e.get(a)) == v}) == 1
+                       for v in {repr(e.get(a)) for e in entries}) for a in axes):
+                continue
+            axes.append(name)
+        names += [a for a in axes if a not in names]
+    return names
 
 
 def _write_sweep_state(state_dir: Path, sweep_id: str, job: JobSpec) -> None:
@@ -353,7 +401,9 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
               retry_errored: bool = False, flush_timeout_s: float = 120.0,
               ray_init_kwargs: Optional[dict[str, Any]] = None,
               param_space: Optional[dict[str, Any]] = None,
-              use_asha: bool = True) -> SweepResult:
+              use_asha: bool = True, verbose: bool = False,
+              summary_handler: Optional[Callable[..., None]] = None,
+              roc_plot: Optional[Callable[..., Any]] = None) -> SweepResult:
     """Returns the result of running (or resuming) a job's sweep to completion.
 
     ``trainable``: a function ``f(config)`` or ``f(config, context)`` reporting once per epoch
@@ -365,6 +415,10 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     instead of the job's search space and Optuna; the job's fixed params are its base, and
     ``num_samples`` is 1 (each grid point once) unless the space holds no grid.
     ``use_asha``: False runs every trial to the full budget (ablations).
+    ``verbose``: Tune's own result boxes and status tables; otherwise one log line per trial
+    event (``facefuse.sweep.console``).
+    ``summary_handler``, ``roc_plot``: the parent-run summary and a trial's ROC picture
+    (``facefuse.sweep_report``; the command hands them in, the sweep layer cannot import them).
     """
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -393,15 +447,20 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     init_ray(**(ray_init_kwargs or {}))
     _check_cluster_fits(job)
 
-    callback = build_callback(job, sweep_id, state_dir, context, flush_timeout_s)
+    searched = _searched_params(space, param_space)
+    callback = build_callback(job, sweep_id, state_dir, context, flush_timeout_s,
+                              searched_params=searched, summary_handler=summary_handler,
+                              roc_plot=roc_plot)
     # The experiment and the parent run exist before any trial starts (no racing creators).
     callback.start()
 
     wrapped = _wrap(fn, job, context)
+    callbacks = [callback, ConsoleReporter(job.max_t if use_asha else None, searched)]
     run_config = tune.RunConfig(
-        name=sweep_id, storage_path=str(job.storage), callbacks=[callback],
+        name=sweep_id, storage_path=str(job.storage), callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=job.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=tune_verbosity(verbose))
     resumed = resume and tune.Tuner.can_restore(experiment_path)
     if resumed:
         logger.info("resuming sweep %s from %s", sweep_id, experiment_path)
@@ -412,7 +471,8 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
         restored = tuner._local_tuner.get_run_config() if getattr(tuner, "_local_tuner", None) \
             else None
         if restored is not None:
-            restored.callbacks = [callback]
+            restored.callbacks = callbacks
+            restored.verbose = run_config.verbose
             restored.failure_config = run_config.failure_config
         else:  # pragma: no cover - only with Ray Client
             logger.warning("could not replace the restored callbacks; using the pickled ones")
@@ -430,7 +490,9 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
         searcher = OptunaSearch(
             space=space.define_by_run(fixed),
             sampler=optuna.samplers.TPESampler(seed=job.seed),
-            study_name=sweep_id, metric="objective", mode="max")
+            study_name=sweep_id, metric="objective", mode="max",
+            # in the tracking database (beside it for sqlite) so optuna-dashboard shows it
+            storage=study_storage(job.tracking.uri or ""))
         searcher = ConcurrencyLimiter(searcher, max_concurrent=job.resources.max_concurrent_trials)
         scheduler = _asha(job, metric="objective", mode="max") if use_asha else None
         tuner = tune.Tuner(
@@ -442,7 +504,8 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=job.trials),
             run_config=run_config)
-    tuner.fit()  # trials and their results come back through the callback
+    with tune_output(verbose):
+        tuner.fit()  # trials and their results come back through the callback
     callback.flush()
     trials = _summaries(callback.final_trials, callback)
     result = SweepResult(
@@ -450,7 +513,8 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
         tracking_uri=redact_uri(job.tracking.uri or ""), experiment_path=experiment_path,
         parent_run_id=callback.parent_run_id, trials=trials, best=_best(trials, job.max_t),
         resumed=bool(resumed), wall_s=time.perf_counter() - t0,
-        pending_tracking_ops=callback.pending_operations)
+        pending_tracking_ops=callback.pending_operations,
+        experiment_id=callback.experiment_id)
     logger.info("sweep %s: %d trials (%d failed) in %.0fs", sweep_id, len(trials),
                 result.num_errors, result.wall_s)
     return result

@@ -6,6 +6,9 @@
   experiment lookup and paged run search.
 - ``queue``: the durable FIFO of write operations that survives store outages (no MLflow).
 - ``writer``: the typed MLflow writer that executes those operations.
+- ``names``, ``inputs``: run names and the experiment kind that make the MLflow UI read well;
+  benchmarks as dataset inputs. (Best checkpoints as models: ``facefuse.train.export``; the
+  parent-run summary and ROC pictures: ``facefuse.sweep_report``.)
 
 Importing this package is cheap: mlflow is imported only when a client is opened.
 """

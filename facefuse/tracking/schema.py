@@ -71,6 +71,8 @@ TAG_HAS_CHECKPOINT = "facefuse.has_checkpoint"
 TAG_SELECTED_BETA_ESTIMATE = "facefuse.beta_estimate"
 #: On a trial of a confirmation round (top betas rerun with several seeds at full budget).
 TAG_CONFIRMATION = "facefuse.confirmation"
+TAG_LOADABLE_MODEL = "facefuse.loadable_model"  # the version loads with mlflow.pytorch
+TAG_MODEL_ID = "facefuse.model_id"  # a trial run's logged MLflow model (its best checkpoint)
 
 # --------------------------------------------------------------------------- metrics
 METRIC_EPOCH = "epoch"

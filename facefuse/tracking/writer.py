@@ -15,7 +15,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from facefuse.tracking import schema as S
 from facefuse.data._io import atomic_write_json
@@ -77,6 +77,8 @@ class SweepWriter:
         self.sweep_params = dict(sweep_params or {})
         self.sweep_artifacts = list(sweep_artifacts)
         self.artifact_location = artifact_location
+        #: op kind -> function(writer, op) for operations of higher layers (set by the callback)
+        self.handlers: dict[str, Callable[["SweepWriter", Operation], None]] = {}
         self._client: Optional[MlflowClient] = None
         self._map: dict[str, Any] = {}
         self._synced: set[str] = set()
@@ -122,6 +124,11 @@ class SweepWriter:
         """Returns the sweep's parent run id once created."""
         return self._map.get("parent_run_id")
 
+    @property
+    def known_experiment_id(self) -> Optional[str]:
+        """Returns the experiment's id once looked up (None before)."""
+        return self._map.get("experiment_id")
+
     def run_id_of(self, trial_id: str) -> Optional[str]:
         """Returns the MLflow run id of a trial once created."""
         return self._map.get("trials", {}).get(trial_id, {}).get("run_id")
@@ -135,6 +142,8 @@ class SweepWriter:
     def client(self) -> "MlflowClient":
         """Returns the MLflow client (created on first use, in the driver)."""
         if self._client is None:
+            # the sweep summary downloads the search space: no progress bar in the console
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             self._client = writer_client(self.tracking_uri)
         return self._client
 
@@ -145,13 +154,18 @@ class SweepWriter:
             return exp_id
         client = self.client()
         exp = client.get_experiment_by_name(self.experiment_name)
+        from facefuse.tracking.names import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG,
+                                             ensure_experiment_kind)
+
         if exp is None:
             exp_id = client.create_experiment(self.experiment_name,
-                                              artifact_location=self.artifact_location)
+                                              artifact_location=self.artifact_location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             exp_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp_id)
+            ensure_experiment_kind(client, exp_id, dict(exp.tags))
         self._map["experiment_id"] = exp_id
         self._save_map()
         return exp_id
@@ -211,8 +225,9 @@ class SweepWriter:
             all_tags = {S.TAG_PARENT_RUN: parent, S.TAG_KIND: S.KIND_TRIAL,
                         S.TAG_SWEEP_ID: self.sweep_id, S.TAG_TRIAL_ID: trial_id,
                         **self.trial_tags, **tags}
-            run = client.create_run(self.experiment_id(), tags=all_tags,
-                                    run_name=f"{self.sweep_id}:{trial_id}")
+            # the callback names trials after their searched values (facefuse.tracking.names)
+            run_name = tags.get(S.TAG_RUN_NAME) or f"{self.sweep_id}:{trial_id}"
+            run = client.create_run(self.experiment_id(), tags=all_tags, run_name=run_name)
             run_id = run.info.run_id
             self._log_params(run_id, safe_params(params))
             logger.debug("created MLflow run %s for trial %s", run_id, trial_id)
@@ -320,6 +335,27 @@ class SweepWriter:
             self._map.get("trials", {}).pop(tid, None)
         self._save_map()
 
+    def run_for(self, trial_id: Optional[str]) -> str:
+        """Returns the run id of a trial (the parent's for None), creating it when needed."""
+        return self._run_for(trial_id)
+
+    def run_handler(self, kind: str, op: Operation) -> None:
+        """Runs a handed-in operation; its failures other than an outage are logged, not retried.
+
+        A model that cannot be exported or a summary plot that fails must not hold up the queue
+        of the sweep's metrics behind it.
+        """
+        from facefuse.tracking.queue import is_transient
+
+        try:
+            self.handlers[kind](self, op)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            if is_transient(exc):
+                raise
+            logger.warning("tracking operation %s for trial %s failed (%s: %s); the sweep's "
+                           "runs are tracked regardless", kind, op.get("trial"),
+                           type(exc).__name__, exc)
+
     # ------------------------------------------------------------------ queued operations
     def execute(self, op: Operation) -> None:
         """Performs one queued operation (built by the Tune callback; see ``ops`` there)."""
@@ -341,5 +377,12 @@ class SweepWriter:
             self.set_status(trial, op["status"])
         elif kind == "end":
             self.end(trial, op["status"], op["ts"])
+        elif kind == "inputs":
+            from facefuse.tracking.inputs import log_inputs, refs_from_json
+
+            log_inputs(self.client(), self._run_for(trial), refs_from_json(op["refs"]))
+        elif kind in self.handlers:
+            # "model", "summary": written by code of higher layers, handed in by the callback
+            self.run_handler(kind, op)
         else:  # pragma: no cover - ops are built by the callback
             raise ValueError(f"unknown tracking operation {kind!r}")

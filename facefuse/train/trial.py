@@ -92,14 +92,17 @@ def build_model(model_over: dict[str, Any], train_set) -> torch.nn.Module:
 
 
 def _save_checkpoint_dir(path: Path, state: EpochState, extras: dict[str, Any],
-                         best: dict[str, Any], config: dict[str, Any]) -> None:
+                         best: dict[str, Any], config: dict[str, Any],
+                         model_config: Optional[dict[str, Any]] = None) -> None:
     torch.save(state.to_dict(), path / STATE_FILE)
     (path / "config.json").write_text(json.dumps(config, indent=1, default=str))
     bdir = path / BEST_DIR
     bdir.mkdir(exist_ok=True)
     if "model" in best:
-        torch.save({"model": best["model"], "config": config, "epoch": best["epoch"]},
-                   bdir / "model.pt")
+        # model_config rebuilds the architecture (map channels, identities) without the data:
+        # the driver logs this file as an MLflow model (facefuse.train.export)
+        torch.save({"model": best["model"], "config": config, "epoch": best["epoch"],
+                    "model_config": model_config or {}}, bdir / "model.pt")
         (bdir / "metrics.json").write_text(json.dumps(best["metrics"], indent=1))
         for ds, roc in best.get("roc", {}).items():
             np.savez(bdir / f"roc_{ds}.npz", fpr=roc["fpr"], tpr=roc["tpr"])
@@ -151,7 +154,8 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
             report(metrics, None)
             return
         with tempfile.TemporaryDirectory(prefix="facefuse-ckpt-") as tmp:
-            _save_checkpoint_dir(Path(tmp), state, extras, best, config)
+            _save_checkpoint_dir(Path(tmp), state, extras, best, config,
+                                 model_config=model.cfg.to_dict())
             report(metrics, Path(tmp))
 
     objective = None
@@ -193,6 +197,9 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from ray import tune
 
     ctx = TrialContext.from_dict(context)
+    # One "Checkpoint successfully created at: <path>" line per epoch per trial drowned the
+    # sweep's own progress lines in the driver's console.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED_FILE
     if diverged.exists():
         # Tune retries every error; a retry resumes from the same checkpoint with the same

@@ -71,3 +71,18 @@ def test_killed_driver_resumes_without_duplicates(ray_session, tmp_path: Path) -
         assert sorted(steps) == list(range(1, epochs + 1)), steps
     for r in runs:  # anything else is a relabelled orphan, never a second run of a trial
         assert r.data.tags.get("facefuse.kind") in ("trial", "sweep", "orphaned_trial")
+
+    # The resumed sweep continued the same Optuna study in the database beside the store: one
+    # study, named after the sweep, holding every trial of both drivers, each finished once.
+    import optuna
+
+    from facefuse.sweep.study import study_storage_url
+
+    url = study_storage_url(f"sqlite:///{tmp_path}/mlflow.db")
+    summaries = optuna.get_all_study_summaries(url)
+    assert [s.study_name for s in summaries] == [result.sweep_id]
+    study = optuna.load_study(study_name=result.sweep_id, storage=url)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    assert len(complete) == trials
+    assert sorted(round(t.params["beta"], 12) for t in complete) == \
+        sorted(round(float(t.config["beta"]), 12) for t in result.trials)
