@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if result.pending_tracking_ops:
             print(f"\nwarning: {result.pending_tracking_ops} tracking writes could not be "
                   "delivered; rerun the command to retry them", file=sys.stderr)
-        uri = result.tracking_uri
+        uri = result.shown_tracking_uri
         print(f"\nexperiment {result.experiment_name!r} in {uri}")
         print(f"compare trials:  mlflow ui --backend-store-uri {uri}")
         if result.experiment_id:

@@ -128,6 +128,9 @@ class TrackingSpec(_Spec):
 
     uri: Optional[str] = Field(default=None, min_length=1)
     experiment: Optional[str] = Field(default=None, min_length=1)
+    # Where the experiments this job creates keep their artifacts (s3://bucket/prefix on a
+    # cluster); None: next to a sqlite store, or the server's --artifacts-destination.
+    artifact_location: Optional[str] = Field(default=None, min_length=1)
 
 
 class AblationSpec(_Spec):
@@ -514,6 +517,9 @@ def resolve_paths(job: JobSpec, cwd: Optional[PathLike] = None) -> JobSpec:
     elif "://" not in storage:
         out.storage = _abs(storage, base)
     out.tracking.uri = resolve_tracking_uri(job.tracking.uri, base)
+    art = job.tracking.artifact_location
+    if art is not None and "://" not in art:
+        out.tracking.artifact_location = Path(_abs(art, base)).as_uri()
     return out
 
 

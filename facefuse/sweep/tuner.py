@@ -61,7 +61,7 @@ class SweepResult:
 
     sweep_id: str
     experiment_name: str
-    tracking_uri: str
+    tracking_uri: str  # the store itself (credentials included): connect with this one
     experiment_path: str
     parent_run_id: Optional[str]
     trials: list[TrialSummary] = field(default_factory=list)
@@ -70,6 +70,11 @@ class SweepResult:
     wall_s: float = 0.0
     pending_tracking_ops: int = 0
     experiment_id: Optional[str] = None
+
+    @property
+    def shown_tracking_uri(self) -> str:
+        """Returns the tracking URI with credentials redacted, for printing and logs."""
+        return redact_uri(self.tracking_uri)
 
     @property
     def num_errors(self) -> int:
@@ -313,7 +318,8 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
         trial_tags=common, sweep_params=sweep_params,
         sweep_artifacts=[str(job_json), job.search_space],
         trial_context=context, full_budget_epochs=job.max_t,
-        artifact_location=_artifact_location(job.tracking.uri or "", job.experiment_name),
+        artifact_location=(job.tracking.artifact_location
+                           or _artifact_location(job.tracking.uri or "", job.experiment_name)),
         flush_timeout_s=flush_timeout_s, searched_params=searched_params,
         trial_inputs=_trial_inputs(job, state_dir), summary_handler=summary_handler,
         roc_plot=roc_plot)
@@ -510,7 +516,9 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     trials = _summaries(callback.final_trials, callback)
     result = SweepResult(
         sweep_id=sweep_id, experiment_name=job.experiment_name,
-        tracking_uri=redact_uri(job.tracking.uri or ""), experiment_path=experiment_path,
+        # The real URI: the caller connects with it (the summary reconnected with the redacted
+        # one and a password-protected store answered 'role "***" does not exist').
+        tracking_uri=job.tracking.uri or "", experiment_path=experiment_path,
         parent_run_id=callback.parent_run_id, trials=trials, best=_best(trials, job.max_t),
         resumed=bool(resumed), wall_s=time.perf_counter() - t0,
         pending_tracking_ops=callback.pending_operations,

@@ -6,6 +6,12 @@ resumed sweep reuses its runs instead of duplicating them; when the map is gone,
 by their tags (sweep id + trial id). ``execute`` runs one queued operation (see
 ``facefuse.tracking.queue``); the tag and run names it writes are those of
 ``facefuse.tracking.schema``.
+
+Every operation the store accepted is appended to ``tracking_journal.jsonl`` next to the map.
+When the map names an experiment or runs the store does not have (the store was lost, replaced
+by an empty database, or the job now points at another one), the writer logs a warning naming
+the store, forgets the stale ids and replays the journal, so the store ends up with every run,
+param, tag and metric of the sweep once; writes are never dropped because their run vanished.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RUN_MAP_FILE = "mlflow_runs.json"
+JOURNAL_FILE = "tracking_journal.jsonl"
+#: Set in the map while the journal still has to be replayed into the store (survives a crash).
+_REPLAY_KEY = "replay_pending"
 MAX_TAG_CHARS = 5000
 MAX_PARAM_CHARS = 6000
 MAX_BATCH_METRICS = 1000
@@ -82,6 +91,7 @@ class SweepWriter:
         self._client: Optional[MlflowClient] = None
         self._map: dict[str, Any] = {}
         self._synced: set[str] = set()
+        self._checked = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the callback that holds this writer: settings only, no client or map.
@@ -92,6 +102,7 @@ class SweepWriter:
         self._client = None
         self._map = {}
         self._synced = set()
+        self._checked = False
 
     # ------------------------------------------------------------------ the run map
     @property
@@ -114,7 +125,37 @@ class SweepWriter:
         if data.get("tracking_uri") != shown or data.get("sweep_id") != self.sweep_id:
             # Another store: the ids in the map mean nothing there; tags find runs instead.
             data = fresh
+        if data is fresh and self.journal_path.exists():
+            # Operations were sent to some store before: replay them (runs that the store has
+            # are found by their tags and not duplicated; the others are created).
+            data[_REPLAY_KEY] = True
         self._map = data
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / JOURNAL_FILE
+
+    def _journal(self, op: Operation) -> None:
+        # Appending one line per accepted write: rewriting the whole journal each time would
+        # cost O(history) per write. A torn last line (killed mid-write) is skipped on reading.
+        line = json.dumps({k: v for k, v in op.items() if k != "attempts"}, default=str)
+        with open(self.journal_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _journal_ops(self) -> list[Operation]:
+        ops: list[Operation] = []
+        try:
+            lines = self.journal_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return ops
+        for line in lines:
+            try:
+                ops.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("skipping a torn line of %s", self.journal_path)
+        return ops
 
     def _save_map(self) -> None:
         atomic_write_json(self.map_path, self._map)
@@ -358,7 +399,70 @@ class SweepWriter:
 
     # ------------------------------------------------------------------ queued operations
     def execute(self, op: Operation) -> None:
-        """Performs one queued operation (built by the Tune callback; see ``ops`` there)."""
+        """Performs one queued operation (built by the Tune callback; see ``ops`` there).
+
+        Before the first one, checks that the store still has what the map names; an operation
+        whose run or experiment the store does not have makes the writer recreate the sweep's
+        runs from the journal and then performs it.
+        """
+        if not self._map:
+            self.load_map()
+        if not self._checked:
+            if self._map.get(_REPLAY_KEY) is None and self._map_is_stale():
+                self._forget_stale("it does not have the experiment or parent run that "
+                                   f"{self.map_path} names")
+            self._checked = True
+        if self._map.get(_REPLAY_KEY):
+            self._replay()
+        try:
+            self._apply(op)
+        except Exception as exc:
+            if not _missing_resource(exc):
+                raise
+            self._forget_stale(f"{type(exc).__name__}: {redact_uri(str(exc))[:200]}")
+            self._replay()
+            self._apply(op)
+        self._journal(op)
+
+    def _map_is_stale(self) -> bool:
+        """Returns whether the store lacks the experiment or the parent run the map names."""
+        client = self.client()
+        try:
+            exp_id = self._map.get("experiment_id")
+            if exp_id:
+                exp = client.get_experiment(exp_id)
+                if exp.name != self.experiment_name:
+                    return True
+            if self._map.get("parent_run_id"):
+                client.get_run(self._map["parent_run_id"])
+        except Exception as exc:
+            if _missing_resource(exc):
+                return True
+            raise
+        return False
+
+    def _forget_stale(self, why: str) -> None:
+        """Resets the map (the store lost or never had its ids) and schedules the replay."""
+        logger.warning("tracking store %s does not hold this sweep's runs (%s): the store was "
+                       "lost or replaced; recreating the runs of sweep %s there from %s",
+                       redact_uri(self.tracking_uri), why, self.sweep_id, self.journal_path)
+        self._map = {"sweep_id": self.sweep_id, "tracking_uri": redact_uri(self.tracking_uri),
+                     "trials": {}, _REPLAY_KEY: True}
+        self._synced = set()
+        self._save_map()
+
+    def _replay(self) -> None:
+        """Sends every journaled operation again (idempotent: runs are found before created)."""
+        ops = self._journal_ops()
+        if ops:
+            logger.warning("replaying %d journaled tracking operations of sweep %s into %s",
+                           len(ops), self.sweep_id, redact_uri(self.tracking_uri))
+        for past in ops:
+            self._apply(past)
+        self._map.pop(_REPLAY_KEY, None)
+        self._save_map()
+
+    def _apply(self, op: Operation) -> None:
         kind = op["op"]
         trial = op.get("trial")
         if kind == "parent":
@@ -386,3 +490,8 @@ class SweepWriter:
             self.run_handler(kind, op)
         else:  # pragma: no cover - ops are built by the callback
             raise ValueError(f"unknown tracking operation {kind!r}")
+
+
+def _missing_resource(exc: BaseException) -> bool:
+    """Returns whether an MLflow error says a run or experiment does not exist in the store."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
