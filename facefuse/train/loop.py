@@ -83,6 +83,11 @@ class EpochState:
     optimizer: dict[str, Any]
     best: Optional[float] = None
     history: list[dict[str, float]] = field(default_factory=list)
+    # A mid-epoch checkpoint: steps done in epoch ``epoch + 1`` (0 at an epoch end) and what the
+    # rest of that epoch needs to match an uninterrupted run: the running sums of its training
+    # metrics, the learning rate and every rank's torch RNG state (the VIB samples from it).
+    step: int = 0
+    partial: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +98,25 @@ class EpochState:
 
 
 ReportFn = Callable[[dict[str, float], EpochState, dict[str, Any]], None]
+#: The Ray Train preemption query is a barrier across workers: asked every this many steps.
+PREEMPTION_CHECK_STEPS = 10
+_SUMS = ("loss_sum", "ce_sum", "kl_sum", "correct", "seen", "t_data", "t_model")
+
+
+@dataclass
+class StepCheckpoints:
+    """When to write mid-epoch checkpoints and where they go.
+
+    ``save`` receives the state (called on rank 0 only); a checkpoint is taken every
+    ``every_steps`` training steps, when ``every_s`` seconds of training passed since the last
+    one, and as soon as ``preempted()`` (asked every ``PREEMPTION_CHECK_STEPS`` steps on every
+    rank) says a node is about to go. 0 turns a trigger off.
+    """
+
+    save: Callable[[EpochState], None]
+    every_steps: int = 0
+    every_s: float = 0.0
+    preempted: Optional[Callable[[], bool]] = None
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -138,16 +162,43 @@ def _batch(train: TrainSet, idx: np.ndarray, flips: np.ndarray,
             labels.to(device))
 
 
+def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    out = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def _agree(flag: bool, distributed: bool) -> bool:
+    """Returns whether any rank raised the flag (every rank must call this at the same step)."""
+    if not distributed:
+        return flag
+    box = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
 def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
           eval_sets: Sequence[EvalSet], report: Optional[ReportFn] = None,
           resume: Optional[EpochState] = None, device: Optional[torch.device] = None,
-          objective: Optional[Callable[[dict[str, float]], float]] = None) -> list[dict[str, float]]:
+          objective: Optional[Callable[[dict[str, float]], float]] = None,
+          step_checkpoints: Optional[StepCheckpoints] = None) -> list[dict[str, float]]:
     """Returns the per-epoch metrics after training ``model`` on ``train_set``.
 
     After every epoch the current embedding (mu) is evaluated on every set of ``eval_sets`` with
     the exact protocols, and ``report(metrics, state, extras)`` is called (extras holds ROC data).
     When torch.distributed is initialised the model is wrapped in DDP, each rank trains on its
     shard of every epoch, and rank 0 evaluates and shares the metrics with the other ranks.
+
+    With ``step_checkpoints``, mid-epoch states are handed to its ``save`` as well; resuming from
+    one (``resume.step > 0``) replays the same batches, learning rates and random draws, so the
+    metrics equal those of an uninterrupted run.
     """
     device = device or torch.device("cpu")
     distributed = dist.is_available() and dist.is_initialized()
@@ -175,6 +226,16 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
 
+    mid = resume if resume is not None and resume.step > 0 else None
+    if mid is not None and len(mid.partial.get("rng", [])) != world:
+        # The RNG states were saved by another number of workers: same batches, other draws.
+        logger.warning("mid-epoch checkpoint of %d workers resumed on %d: the rest of epoch %d "
+                       "will not match an uninterrupted run exactly",
+                       len(mid.partial.get("rng", [])), world, mid.epoch + 1)
+    sc = step_checkpoints
+    last_ckpt_t = time.perf_counter()
+    steps_since_ckpt = 0
+    lr = cfg.lr
     for epoch in range(start_epoch, cfg.epochs):
         # Seeding per epoch (not once) is what makes resume-at-epoch bit-identical.
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -186,8 +247,18 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
         net.train()
         t_data = t_model = 0.0
         loss_sum = ce_sum = kl_sum = correct = seen = 0.0
+        first_step = 0
+        if mid is not None:
+            first_step = mid.step
+            sums = mid.partial.get("sums", {})
+            loss_sum, ce_sum, kl_sum, correct, seen, t_data, t_model = (
+                float(sums.get(k, 0.0)) for k in _SUMS)
+            if len(mid.partial.get("rng", [])) == world:
+                _set_rng_states(mid.partial["rng"][rank], device)
+            lr = float(mid.partial.get("lr", cfg.lr))
+            mid = None
         epoch_start = time.perf_counter()
-        for step in range(steps_per_epoch):
+        for step in range(first_step, steps_per_epoch):
             t0 = time.perf_counter()
             sl = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
             a, b, labels = _batch(train_set, perm[sl], flips[sl], device)
@@ -219,6 +290,32 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
             if out.logits is not None:
                 correct += (out.logits.argmax(1) == labels).sum().item()
             seen += bs
+            steps_since_ckpt += 1
+            if sc is not None and step + 1 < steps_per_epoch:  # the epoch end checkpoints anyway
+                due = bool(sc.every_steps and steps_since_ckpt >= sc.every_steps)
+                due = due or bool(sc.every_s and time.perf_counter() - last_ckpt_t >= sc.every_s)
+                if sc.preempted is not None and (epoch * steps_per_epoch + step + 1) \
+                        % PREEMPTION_CHECK_STEPS == 0 and sc.preempted():
+                    logger.warning("preemption notice at epoch %d step %d: checkpointing now",
+                                   epoch + 1, step + 1)
+                    due = True
+                # Time differs between ranks: they agree first, as the gather below needs all.
+                if _agree(due, distributed):
+                    rngs = [_rng_states(device)]
+                    if distributed:
+                        gathered: list[Any] = [None] * world
+                        dist.all_gather_object(gathered, rngs[0])
+                        rngs = gathered
+                    if rank == 0:
+                        sums = dict(zip(_SUMS, (loss_sum, ce_sum, kl_sum, correct, seen,
+                                                t_data, t_model)))
+                        sc.save(EpochState(
+                            epoch, {k: v.detach().cpu().clone()
+                                    for k, v in model.state_dict().items()},
+                            copy.deepcopy(optimizer.state_dict()), best, list(history),
+                            step=step + 1, partial={"sums": sums, "rng": rngs, "lr": lr}))
+                    steps_since_ckpt = 0
+                    last_ckpt_t = time.perf_counter()
         train_seconds = time.perf_counter() - epoch_start
         metrics: dict[str, float] = {
             "epoch": float(epoch + 1),
@@ -248,6 +345,8 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
             best = metrics["objective"]
             extras["is_best"] = True
         history.append(metrics)
+        steps_since_ckpt = 0
+        last_ckpt_t = time.perf_counter()
         logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
                     " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" in k and "time" not in k))
         if report is not None:

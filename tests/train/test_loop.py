@@ -79,3 +79,41 @@ def test_invalid_training_settings_name_the_field() -> None:
         TrainConfig(optimizer="adam")
     with pytest.raises(Exception, match="lr"):
         TrainConfig(lr=0)
+
+
+class _Interrupted(Exception):
+    """Raised by the test's checkpoint hook: the run stops mid-epoch, as a killed worker does."""
+
+
+def test_interrupted_mid_epoch_resumes_to_the_same_metrics(tmp_path) -> None:
+    from facefuse.data._io import atomic_write
+    from facefuse.train.loop import StepCheckpoints
+
+    torch.set_num_threads(1)
+    ts = _toy_train_set()  # 192 samples, batch 32: 6 steps per epoch
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3, seed=1, warmup_epochs=0.5)
+    full = train(cfg, _model(ts), ts, [])
+
+    path = tmp_path / "step.pt"
+    saved: list[tuple[int, int]] = []
+
+    def save_then_die(state: EpochState) -> None:
+        with atomic_write(path) as f:  # through a real file, as the trial writes it
+            torch.save(state.to_dict(), f)
+        saved.append((state.epoch, state.step))
+        if (state.epoch, state.step) == (1, 4):
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train(cfg, _model(ts), ts, [], step_checkpoints=StepCheckpoints(save_then_die,
+                                                                        every_steps=2))
+    assert saved == [(0, 2), (0, 4), (1, 2), (1, 4)]  # never at an epoch end
+    state = EpochState.from_dict(torch.load(path, weights_only=True))
+    assert (state.epoch, state.step) == (1, 4)
+
+    # A fresh model resumes mid-epoch 2 from the file alone.
+    resumed = train(cfg, _model(ts), ts, [], resume=state)
+    assert len(resumed) == 3
+    for got, want in zip(resumed, full):
+        assert {k: v for k, v in got.items() if not k.startswith("time/")} == \
+            {k: v for k, v in want.items() if not k.startswith("time/")}
