@@ -121,6 +121,13 @@ class ResourceSpec(_Spec):
     gpus_per_worker: float = Field(default=0.0, ge=0)
     cpus_per_worker: float = 1.0  # > 0, checked with its own hint (fractions are fine)
     max_concurrent_trials: int = Field(default=2, ge=1)
+    # Issue 12 (cluster) fields. Mid-epoch checkpoints: every N training steps (0: off) and at
+    # least every M minutes of training (0: off), besides the one at each epoch end.
+    checkpoint_every_steps: int = Field(default=0, ge=0)
+    checkpoint_every_minutes: float = Field(default=15.0, ge=0)
+    # A custom Ray resource (e.g. "train_driver") that the Train driver actors of multi-worker
+    # trials ask for, so they land on a CPU node; None: Ray's default placement.
+    train_driver_resource: Optional[str] = Field(default=None, min_length=1)
 
 
 class TrackingSpec(_Spec):
@@ -543,6 +550,10 @@ def trial_context(job: JobSpec) -> dict[str, Any]:
         workers_per_trial=r.workers_per_trial,
         gpus_per_worker=r.gpus_per_worker,
         cpus_per_worker=r.cpus_per_worker,
+        storage=job.storage,
+        checkpoint_every_steps=r.checkpoint_every_steps,
+        checkpoint_every_s=r.checkpoint_every_minutes * 60.0,
+        train_driver_resource=r.train_driver_resource,
         # Torch would otherwise start one thread per core in every concurrent trial.
         torch_threads=max(1, int(r.cpus_per_worker)),
     ).to_dict()

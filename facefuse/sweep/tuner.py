@@ -38,6 +38,9 @@ DEFAULT_TRAINABLE = "facefuse.train.run_trial"
 SWEEP_STATE_FILE = "facefuse_sweep.json"
 #: A trial that runs a TorchTrainer only waits on its workers; it reserves this much CPU itself.
 TRAINER_TRIAL_CPUS = 0.25
+#: How much of ``resources.train_driver_resource`` one such trial takes (a node declaring 1 of it
+#: holds 100 Train drivers; the Train controller actor follows the trial onto that node).
+TRAIN_DRIVER_RESOURCE_AMOUNT = 0.01
 
 Trainable = Union[str, Callable[..., None]]
 
@@ -206,6 +209,9 @@ def init_ray(**kwargs: Any) -> None:
 def _trial_resources(job: JobSpec) -> dict[str, float]:
     r = job.resources
     if r.workers_per_trial > 1:
+        if r.train_driver_resource:
+            return {"cpu": TRAINER_TRIAL_CPUS,
+                    r.train_driver_resource: TRAIN_DRIVER_RESOURCE_AMOUNT}
         return {"cpu": TRAINER_TRIAL_CPUS}
     return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
 
@@ -222,6 +228,10 @@ def _check_cluster_fits(job: JobSpec) -> None:
         short.append(f"{need_cpu:g} CPUs (cluster has {have.get('CPU', 0):g})")
     if need_gpu > have.get("GPU", 0):
         short.append(f"{need_gpu:g} GPUs (cluster has {have.get('GPU', 0):g})")
+    custom = r.train_driver_resource if r.workers_per_trial > 1 else None
+    if custom and have.get(custom, 0) < TRAIN_DRIVER_RESOURCE_AMOUNT:
+        short.append(f"the custom resource {custom!r} for its Train driver (no node declares "
+                     "it: ray start --resources='{\"" + custom + "\": 1}')")
     if short:
         msg = f"one trial needs {' and '.join(short)}"
         if os.environ.get("RAY_ADDRESS"):

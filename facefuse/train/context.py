@@ -33,6 +33,12 @@ class TrialContext:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     torch_threads: int = 0  # 0: leave torch's default
+    # The job's storage root: multi-worker trials keep their Ray Train run and every trial its
+    # mid-epoch checkpoints under <storage>/<sweep id>/ (None: the trial's own directory).
+    storage: Optional[str] = None
+    checkpoint_every_steps: int = 0  # 0: no step-count checkpoints
+    checkpoint_every_s: float = 900.0  # 0: no time-based mid-epoch checkpoints
+    train_driver_resource: Optional[str] = None  # custom resource for Train driver actors
 
     def __post_init__(self) -> None:
         for name in ABSOLUTE_PATHS:

@@ -4,6 +4,14 @@ A one-worker trial runs the loop inside the Tune trial (no TorchTrainer start-up
 with several workers builds a Ray Train TorchTrainer (DDP; NCCL on GPUs, gloo on CPU) and relays
 its reports to Tune with ``TuneReportCallback``. Checkpoints hold the full ``EpochState``, so a
 retried or restored trial continues from its last epoch.
+
+That Train run is named after the Tune trial and lives in the job's storage
+(``<storage>/<sweep id>/ray_train/<trial id>``): ``TuneReportCallback`` never hands Tune a
+checkpoint, so a retried or restored multi-worker trial finds its last checkpoint through Ray
+Train's own run state instead, on whichever node it runs. Mid-epoch checkpoints (every N steps,
+every M minutes of training, and on Ray Train's preemption notice) go to
+``<storage>/<sweep id>/facefuse_step_checkpoints/<trial id>.pt``; a retry that finds one ahead of
+its last epoch checkpoint continues from it.
 """
 
 from __future__ import annotations
@@ -21,12 +29,13 @@ import numpy as np
 import torch
 
 from facefuse.errors import ConfigError
+from facefuse.data._io import atomic_write
 from facefuse.data import get_dataset
 from facefuse.features.dataset import BackbonePair, load_eval_sets, load_train_set
 from facefuse.model import FusionConfig, FusionModel
 from facefuse.tracking.schema import PART_SELECTION, flat_config, metric_key, part_key
 from facefuse.train.context import TrialContext
-from facefuse.train.loop import EpochState, TrainConfig, TrainingDiverged, train
+from facefuse.train.loop import EpochState, StepCheckpoints, TrainConfig, TrainingDiverged, train
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,50 @@ STATE_FILE = "state.pt"
 BEST_DIR = "best"
 #: Written in the trial directory when an attempt diverges; a retry reads it and stops at once.
 DIVERGED_FILE = "facefuse_diverged.txt"
+STEP_CHECKPOINT_DIR = "facefuse_step_checkpoints"
+TRAIN_RUNS_DIR = "ray_train"
+#: Test hook (fault tests only), a trial param: "<marker file>:<epoch>:<times>" makes rank 0
+#: raise after reporting an epoch >= <epoch>, at most <times> times over all attempts (counted
+#: in the marker file).
+FAIL_AFTER_EPOCH_PARAM = "_test_fail_after_epoch"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the fault-test hook; never in a normal run."""
+
+
+def _maybe_inject_failure(spec: Optional[str], epoch: int) -> None:
+    if not spec:
+        return
+    marker, at, times = spec.rsplit(":", 2)
+    if epoch < int(at):
+        return
+    path = Path(marker)
+    done = len(path.read_text().splitlines()) if path.exists() else 0
+    if done >= int(times):
+        return
+    with open(path, "a") as f:  # a test's counter, not project state
+        f.write(f"failed after epoch {epoch}\n")
+    raise InjectedFailure(f"injected failure after epoch {epoch} ({FAIL_AFTER_EPOCH_PARAM})")
+
+
+def sweep_storage_dir(ctx: TrialContext, experiment: str) -> Optional[str]:
+    """Returns <storage>/<sweep id> for the trial's own state, None without a job storage."""
+    if not ctx.storage:
+        return None
+    return f"{ctx.storage.rstrip('/')}/{experiment}"
+
+
+def step_checkpoint_path(ctx: TrialContext, experiment: str, trial_id: str) -> Optional[Path]:
+    """Returns where a trial's mid-epoch checkpoint lives, None when there is nowhere to put it.
+
+    Only a local or shared-mount storage is supported here; an s3:// storage waits for the
+    filesystem layer (no mid-epoch checkpoints then, epoch checkpoints still go to Tune).
+    """
+    base = sweep_storage_dir(ctx, experiment)
+    if base is None or "://" in base:
+        return None
+    return Path(base) / STEP_CHECKPOINT_DIR / f"{trial_id}.pt"
 
 
 def objective_value(metrics: dict[str, float], spec: dict[str, Any],
@@ -116,11 +169,28 @@ def load_state(checkpoint_dir: Path) -> Optional[EpochState]:
     return EpochState.from_dict(torch.load(p, map_location="cpu", weights_only=True))
 
 
+def _step_state(step_path: Optional[Path], resume: Optional[EpochState]) -> Optional[EpochState]:
+    """Returns the mid-epoch state to resume from when it is ahead of the epoch checkpoint."""
+    if step_path is None or not step_path.exists():
+        return None
+    state = EpochState.from_dict(torch.load(step_path, map_location="cpu", weights_only=True))
+    done = resume.epoch if resume is not None else 0
+    if state.step > 0 and state.epoch >= done:
+        logger.info("resuming mid-epoch: epoch %d step %d (%s)", state.epoch + 1, state.step,
+                    step_path)
+        return state
+    return None
+
+
 def run_training(config: dict[str, Any], ctx: TrialContext,
                  report: Callable[[dict[str, float], Optional[Path]], None],
                  resume_dir: Optional[Path], rank: int = 0,
-                 device: Optional[torch.device] = None) -> list[dict[str, float]]:
-    """Returns the metric history after running the loop with checkpoints handed to ``report``."""
+                 device: Optional[torch.device] = None, step_path: Optional[Path] = None,
+                 preempted: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
+    """Returns the metric history after running the loop with checkpoints handed to ``report``.
+
+    ``step_path``: where mid-epoch checkpoints are written (rank 0) and read back on a retry.
+    """
     if ctx.torch_threads:
         torch.set_num_threads(ctx.torch_threads)
     config = flat_config(config)  # grid entries (the ablation's) are merged into plain settings
@@ -138,6 +208,7 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
     resume = load_state(resume_dir) if resume_dir is not None else None
     if resume is not None:
         logger.info("resuming from epoch %d (%s)", resume.epoch, resume_dir)
+    resume = _step_state(step_path, resume) or resume
     best: dict[str, Any] = {}
     if resume_dir is not None and (Path(resume_dir) / BEST_DIR / "model.pt").exists():
         saved = torch.load(Path(resume_dir) / BEST_DIR / "model.pt", map_location="cpu",
@@ -157,11 +228,28 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
             _save_checkpoint_dir(Path(tmp), state, extras, best, config,
                                  model_config=model.cfg.to_dict())
             report(metrics, Path(tmp))
+        _maybe_inject_failure(config.get(FAIL_AFTER_EPOCH_PARAM), state.epoch)
+
+    def save_step(state: EpochState) -> None:
+        assert step_path is not None
+        step_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(step_path) as f:
+            torch.save(state.to_dict(), f)
+
+    steps = None
+    if step_path is not None and (ctx.checkpoint_every_steps or ctx.checkpoint_every_s
+                                  or preempted is not None):
+        steps = StepCheckpoints(save_step, ctx.checkpoint_every_steps, ctx.checkpoint_every_s,
+                                preempted)
 
     objective = None
     if ctx.objective:
         objective = lambda m: objective_value(m, ctx.objective, ctx.eval_datasets)  # noqa: E731
-    return train(tcfg, model, train_set, eval_sets, on_epoch, resume, device, objective)
+    history = train(tcfg, model, train_set, eval_sets, on_epoch, resume, device, objective,
+                    steps)
+    if step_path is not None and rank == 0:
+        step_path.unlink(missing_ok=True)  # the final epoch checkpoint supersedes it
+    return history
 
 
 def _tune_report(metrics: dict[str, float], ckpt_dir: Optional[Path]) -> None:
@@ -180,16 +268,23 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device() if ctx.gpus_per_worker else torch.device("cpu")
     ckpt = ray.train.get_checkpoint()
+    step_path = Path(loop_config["step_path"]) if loop_config.get("step_path") else None
 
     def report(metrics: dict[str, float], ckpt_dir: Optional[Path]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
+    def preempted() -> bool:
+        # Ray Train's notice (spot reclaim, node drain); a barrier, called on every rank.
+        return ray.train.get_preemption_info() is not None
+
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            run_training(loop_config["config"], ctx, report, Path(d), rank, device)
+            run_training(loop_config["config"], ctx, report, Path(d), rank, device, step_path,
+                         preempted)
     else:
-        run_training(loop_config["config"], ctx, report, None, rank, device)
+        run_training(loop_config["config"], ctx, report, None, rank, device, step_path,
+                     preempted)
 
 
 def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
@@ -200,7 +295,10 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     # One "Checkpoint successfully created at: <path>" line per epoch per trial drowned the
     # sweep's own progress lines in the driver's console.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED_FILE
+    tctx = tune.get_context()
+    experiment, trial_id = tctx.get_experiment_name(), tctx.get_trial_id()
+    step_path = step_checkpoint_path(ctx, experiment, trial_id)
+    diverged = Path(tctx.get_trial_dir()) / DIVERGED_FILE
     if diverged.exists():
         # Tune retries every error; a retry resumes from the same checkpoint with the same
         # per-epoch seeds, so it would diverge at the same step. Fail at once instead.
@@ -216,7 +314,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                 local = Path(tempfile.mkdtemp(prefix="facefuse-resume-"))
                 shutil.copytree(d, local, dirs_exist_ok=True)
         try:
-            run_training(config, ctx, _tune_report, local, 0, device)
+            run_training(config, ctx, _tune_report, local, 0, device, step_path)
         except TrainingDiverged as exc:
             diverged.write_text(str(exc))
             raise
@@ -229,18 +327,21 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial_dir = tune.get_context().get_trial_dir()
+    base = sweep_storage_dir(ctx, experiment)
+    # Named after the trial, in the job's storage: a retry (on any node) reopens the same Train
+    # run and resumes from its latest checkpoint; Tune itself never holds one for this trial.
+    train_storage = (f"{base}/{TRAIN_RUNS_DIR}" if base is not None
+                     else os.path.join(tctx.get_trial_dir(), TRAIN_RUNS_DIR))
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"config": config, "context": context},
-        # A retried or restored Tune trial hands its last checkpoint to the new trainer.
-        resume_from_checkpoint=tune.get_checkpoint(),
+        train_loop_config={"config": config, "context": context,
+                           "step_path": str(step_path) if step_path else None},
         scaling_config=ScalingConfig(
             num_workers=ctx.workers_per_trial, use_gpu=ctx.gpus_per_worker > 0,
             resources_per_worker={"CPU": ctx.cpus_per_worker,
                                   **({"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {})}),
         run_config=RunConfig(
-            name="train", storage_path=os.path.join(trial_dir, "ray_train"),
+            name=trial_id, storage_path=train_storage,
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=1, controller_failure_limit=1)),

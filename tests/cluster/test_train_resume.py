@@ -1,0 +1,41 @@
+"""A two-worker trial (a Ray Train run inside a Tune trial) that fails past Ray Train's own retry
+is retried by Tune and resumes from its Train run's latest checkpoint in the job's storage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_retried_multi_worker_trial_resumes_from_its_train_run(world_job, tmp_path: Path,
+                                                               ray_local: None) -> None:
+    from facefuse.pipeline import prepare_job
+    from facefuse.sweep import run_sweep
+
+    marker = tmp_path / "failures.txt"
+    # Fails after epoch 1 (Ray Train retries the workers) and again after epoch 2: the Train run
+    # then fails, and Tune retries the trial with a new TorchTrainer.
+    path = world_job(tmp_path, "ddp_retry", trials=1, epochs=3, max_failures=1,
+                     asha={"grace_period": 3},
+                     resources={"workers_per_trial": 2, "cpus_per_worker": 0.5,
+                                "max_concurrent_trials": 1},
+                     params={"batch_size": 32, "d_model": 32, "fusion_hidden": 64,
+                             "embedding_size": 32, "_test_fail_after_epoch": f"{marker}:1:2"})
+    job, _ = prepare_job(path, cwd=tmp_path)
+    result = run_sweep(job)
+    assert result.num_errors == 0, [t.error for t in result.trials]
+    (trial,) = result.trials
+    assert trial.epochs_done == 3
+    assert marker.read_text().splitlines() == ["failed after epoch 1", "failed after epoch 2"]
+
+    # The Train run lives in the job's storage under the trial's id, not in the trial folder.
+    sweep_dir = Path(job.storage) / result.sweep_id
+    assert (sweep_dir / "ray_train" / trial.trial_id).is_dir()
+    # Every epoch reached Tune once: the retry went on with epoch 3, it did not start again.
+    (result_json,) = sweep_dir.glob(f"*{trial.trial_id}*/result.json")
+    epochs = [int(json.loads(line)["epoch"]) for line in result_json.read_text().splitlines()
+              if line.strip()]
+    assert epochs == [1, 2, 3], epochs
