@@ -38,8 +38,9 @@ DEFAULT_TRAINABLE = "facefuse.train.run_trial"
 SWEEP_STATE_FILE = "facefuse_sweep.json"
 #: A trial that runs a TorchTrainer only waits on its workers; it reserves this much CPU itself.
 TRAINER_TRIAL_CPUS = 0.25
-#: How much of ``resources.train_driver_resource`` one such trial takes (a node declaring 1 of it
-#: holds 100 Train drivers; the Train controller actor follows the trial onto that node).
+#: How much of ``resources.train_driver_resource`` one such trial takes instead of CPU (a node
+#: declaring 1 of it holds 100 Train drivers, even a head with CPU 0 that takes no trials; the
+#: Train controller actor follows the trial onto that node).
 TRAIN_DRIVER_RESOURCE_AMOUNT = 0.01
 
 Trainable = Union[str, Callable[..., None]]
@@ -210,8 +211,7 @@ def _trial_resources(job: JobSpec) -> dict[str, float]:
     r = job.resources
     if r.workers_per_trial > 1:
         if r.train_driver_resource:
-            return {"cpu": TRAINER_TRIAL_CPUS,
-                    r.train_driver_resource: TRAIN_DRIVER_RESOURCE_AMOUNT}
+            return {"cpu": 0, r.train_driver_resource: TRAIN_DRIVER_RESOURCE_AMOUNT}
         return {"cpu": TRAINER_TRIAL_CPUS}
     return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
 
@@ -220,7 +220,9 @@ def _check_cluster_fits(job: JobSpec) -> None:
     import ray
 
     r = job.resources
-    need_cpu = (r.workers_per_trial * r.cpus_per_worker + (TRAINER_TRIAL_CPUS if r.workers_per_trial > 1 else 0))
+    driver_cpu = TRAINER_TRIAL_CPUS if r.workers_per_trial > 1 and not r.train_driver_resource \
+        else 0
+    need_cpu = r.workers_per_trial * r.cpus_per_worker + driver_cpu
     need_gpu = r.workers_per_trial * r.gpus_per_worker
     have = ray.cluster_resources()
     short = []

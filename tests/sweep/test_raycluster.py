@@ -17,8 +17,23 @@ CLUSTER = REPO / "ray_cluster.yaml"
 def test_shipped_cluster_config_is_valid() -> None:
     cfg = load_cluster_config(CLUSTER)
     assert cfg["head_node_type"] == "head"
-    assert "gpu_worker" in cfg["available_node_types"]
-    assert cfg["available_node_types"]["head"]["resources"] == {"CPU": 0}
+    nodes = cfg["available_node_types"]
+    assert "gpu_worker" in nodes
+    # no trial CPUs on the head, but the custom resource the Train drivers ask for
+    assert nodes["head"]["resources"] == {"CPU": 0, "train_driver": 1}
+    spot = nodes["gpu_spot"]["node_config"]
+    assert spot["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert "InstanceMarketOptions" not in nodes["gpu_worker"]["node_config"]
+
+
+def test_token_and_settings_reach_every_node_and_the_server_reads_them() -> None:
+    cfg = load_cluster_config(CLUSTER)
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "~/facefuse_cluster.env" in cfg["file_mounts"]
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert "RAY_AUTH_MODE=token" in " ".join(cfg[key])
+    head = " ".join(cfg["head_start_ray_commands"])
+    assert ". ~/facefuse_cluster.env" in head and "sqlite" not in head
 
 
 def test_services_bind_to_localhost_and_tracking_uri_is_exported() -> None:
@@ -34,6 +49,8 @@ def test_services_bind_to_localhost_and_tracking_uri_is_exported() -> None:
 def test_setup_installs_pinned_torch_before_the_project() -> None:
     setup = yaml.safe_load(CLUSTER.read_text())["setup_commands"]
     torch_at = next(i for i, c in enumerate(setup) if "torch==" in c)
+    # the CUDA index that publishes the pinned version
+    assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" in setup[torch_at]
     project_at = next(i for i, c in enumerate(setup) if "pip install -e" in c)
     assert torch_at < project_at
 
