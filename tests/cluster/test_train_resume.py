@@ -39,3 +39,21 @@ def test_retried_multi_worker_trial_resumes_from_its_train_run(world_job, tmp_pa
     epochs = [int(json.loads(line)["epoch"]) for line in result_json.read_text().splitlines()
               if line.strip()]
     assert epochs == [1, 2, 3], epochs
+
+
+def test_train_driver_resource_is_asked_for_and_checked(tmp_path: Path, ray_local: None) -> None:
+    from facefuse.errors import ConfigError
+    from facefuse.sweep import load_job, run_sweep
+    from facefuse.sweep.tuner import _trial_resources
+    from tests.sweep.conftest import SELFTEST, write_job
+
+    resources = {"workers_per_trial": 2, "cpus_per_worker": 0.5,
+                 "train_driver_resource": "train_driver"}
+    job = load_job(write_job(tmp_path, resources=resources))
+    assert _trial_resources(job) == {"cpu": 0, "train_driver": 0.01}
+    # The local Ray declares no such resource: the sweep says so instead of waiting forever.
+    with pytest.raises(ConfigError) as err:
+        run_sweep(job, trainable=SELFTEST)
+    assert "train_driver" in str(err.value) and "--resources" in str(err.value)
+    plain = load_job(write_job(tmp_path, name="plain", resources={"workers_per_trial": 2}))
+    assert _trial_resources(plain) == {"cpu": 0.25}

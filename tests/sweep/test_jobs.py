@@ -74,6 +74,8 @@ def test_wrong_type_names_the_key(tmp_path: Path, section, key, value, field) ->
     ("asha", "reduction_factor", 1, "asha.reduction_factor"),
     ("asha", "max_t", 9, "asha.max_t"),
     ("resources", "cpus_per_worker", 0, "resources.cpus_per_worker"),
+    ("resources", "checkpoint_every_steps", -1, "resources.checkpoint_every_steps"),
+    ("resources", "checkpoint_every_minutes", -5.0, "resources.checkpoint_every_minutes"),
 ])
 def test_bad_ranges(tmp_path: Path, section, key, value, field) -> None:
     raw = _raw(tmp_path)
@@ -213,3 +215,14 @@ def test_default_trainable_is_recognised_by_identity() -> None:
     assert _trainable_name(resolve_trainable(None)) == DEFAULT_TRAINABLE
     assert _trainable_name(resolve_trainable("facefuse.sweep.selftest.quadratic_trainable")) == \
         "facefuse.sweep.selftest.quadratic_trainable"
+
+
+def test_cluster_fields_reach_the_trial_context(tmp_path: Path) -> None:
+    job = load_job(write_job(tmp_path, tracking={"uri": "postgresql+psycopg://u:p@db/mlflow",
+                                                 "artifact_location": "arts"}))
+    ctx = trial_context(resolve_paths(job, tmp_path))
+    assert ctx["checkpoint_every_s"] == 15 * 60.0 and ctx["checkpoint_every_steps"] == 0
+    assert ctx["storage"] == str(tmp_path / "results") and ctx["train_driver_resource"] is None
+    resolved = resolve_paths(job, tmp_path)
+    assert resolved.tracking.uri == "postgresql+psycopg://u:p@db/mlflow"
+    assert resolved.tracking.artifact_location == (tmp_path / "arts").as_uri()
