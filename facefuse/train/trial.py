@@ -49,25 +49,33 @@ TRAIN_RUNS_DIR = "ray_train"
 #: raise after reporting an epoch >= <epoch>, at most <times> times over all attempts (counted
 #: in the marker file).
 FAIL_AFTER_EPOCH_PARAM = "_test_fail_after_epoch"
+#: Test hook, a trial param: "<marker file>:<times>" makes rank 0 raise right after writing a
+#: mid-epoch checkpoint, at most <times> times over all attempts.
+FAIL_AFTER_STEP_PARAM = "_test_fail_after_step_checkpoint"
 
 
 class InjectedFailure(RuntimeError):
     """Raised by the fault-test hook; never in a normal run."""
 
 
-def _maybe_inject_failure(spec: Optional[str], epoch: int) -> None:
+def _maybe_inject_failure(spec: Optional[str], epoch: int, step: int = 0) -> None:
     if not spec:
         return
-    marker, at, times = spec.rsplit(":", 2)
-    if epoch < int(at):
-        return
+    if step:
+        marker, times = spec.rsplit(":", 1)
+        where = f"epoch {epoch + 1} step {step}"
+    else:
+        marker, at, times = spec.rsplit(":", 2)
+        if epoch < int(at):
+            return
+        where = f"epoch {epoch}"
     path = Path(marker)
     done = len(path.read_text().splitlines()) if path.exists() else 0
     if done >= int(times):
         return
     with open(path, "a") as f:  # a test's counter, not project state
-        f.write(f"failed after epoch {epoch}\n")
-    raise InjectedFailure(f"injected failure after epoch {epoch} ({FAIL_AFTER_EPOCH_PARAM})")
+        f.write(f"failed after {where}\n")
+    raise InjectedFailure(f"injected failure after {where} (test hook)")
 
 
 def sweep_storage_dir(ctx: TrialContext, experiment: str) -> Optional[str]:
@@ -224,10 +232,15 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
         if rank != 0:
             report(metrics, None)
             return
+        if step_path is not None and state.epoch >= tcfg.epochs:
+            # Tune ends the trial inside its last report; the file would outlive the trial.
+            step_path.unlink(missing_ok=True)
         with tempfile.TemporaryDirectory(prefix="facefuse-ckpt-") as tmp:
             _save_checkpoint_dir(Path(tmp), state, extras, best, config,
                                  model_config=model.cfg.to_dict())
             report(metrics, Path(tmp))
+        if step_path is not None:
+            step_path.unlink(missing_ok=True)  # the epoch checkpoint supersedes it
         _maybe_inject_failure(config.get(FAIL_AFTER_EPOCH_PARAM), state.epoch)
 
     def save_step(state: EpochState) -> None:
@@ -235,6 +248,7 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
         step_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(step_path) as f:
             torch.save(state.to_dict(), f)
+        _maybe_inject_failure(config.get(FAIL_AFTER_STEP_PARAM), state.epoch, state.step)
 
     steps = None
     if step_path is not None and (ctx.checkpoint_every_steps or ctx.checkpoint_every_s
@@ -245,11 +259,7 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
     objective = None
     if ctx.objective:
         objective = lambda m: objective_value(m, ctx.objective, ctx.eval_datasets)  # noqa: E731
-    history = train(tcfg, model, train_set, eval_sets, on_epoch, resume, device, objective,
-                    steps)
-    if step_path is not None and rank == 0:
-        step_path.unlink(missing_ok=True)  # the final epoch checkpoint supersedes it
-    return history
+    return train(tcfg, model, train_set, eval_sets, on_epoch, resume, device, objective, steps)
 
 
 def _tune_report(metrics: dict[str, float], ckpt_dir: Optional[Path]) -> None:
