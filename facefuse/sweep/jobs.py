@@ -19,9 +19,13 @@ A job file is YAML with these sections (every key optional unless marked)::
     epochs: 6
     asha: {grace_period: 1, reduction_factor: 2, max_t: 6}
     resources: {workers_per_trial: 1, gpus_per_worker: 0, cpus_per_worker: 1,
-                max_concurrent_trials: 2}
+                max_concurrent_trials: 2,
+                checkpoint_every_steps: 0,       # also checkpoint mid-epoch every N steps
+                checkpoint_every_minutes: 15,    # ... and every M minutes of training (0: off)
+                train_driver_resource: null}     # custom resource for multi-worker Train drivers
     max_failures: 1                      # retries of a failed trial (from its last checkpoint)
-    tracking: {uri: null, experiment: ijbb_beta}
+    tracking: {uri: null, experiment: ijbb_beta,   # uri: sqlite, mlflow server URL, postgresql+psycopg
+               artifact_location: null}  # e.g. s3://bucket/mlflow for the experiments it creates
     storage: null                        # Ray Tune results; default <cwd>/.facefuse/ray_results
     variant: null                        # ablation label, written as the facefuse.variant tag
     params: {batch_size: 128, d_model: 128}   # fixed model/training settings of every trial
