@@ -175,11 +175,12 @@ def _set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> No
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
-def _agree(flag: bool, distributed: bool) -> bool:
+def _agree(flag: bool, distributed: bool, device: torch.device) -> bool:
     """Returns whether any rank raised the flag (every rank must call this at the same step)."""
     if not distributed:
         return flag
-    box = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    # NCCL reduces CUDA tensors only; gloo takes CPU ones (the device the ranks train on).
+    box = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
     return bool(box.item())
 
@@ -300,7 +301,7 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
                                    epoch + 1, step + 1)
                     due = True
                 # Time differs between ranks: they agree first, as the gather below needs all.
-                if _agree(due, distributed):
+                if _agree(due, distributed, device):
                     rngs = [_rng_states(device)]
                     if distributed:
                         gathered: list[Any] = [None] * world

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +119,41 @@ def test_interrupted_mid_epoch_resumes_to_the_same_metrics(tmp_path) -> None:
     for got, want in zip(resumed, full):
         assert {k: v for k, v in got.items() if not k.startswith("time/")} == \
             {k: v for k, v in want.items() if not k.startswith("time/")}
+
+
+def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from facefuse.train.loop import StepCheckpoints
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        ts = _toy_train_set()  # 192 samples: 96 per rank, batch 16, 6 steps per epoch
+        cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, seed=1, warmup_epochs=0.5)
+        path = Path(out_dir) / "step.pt"
+
+        def save(state: EpochState) -> None:  # rank 0 only
+            if (state.epoch, state.step) == (1, 2):
+                torch.save(state.to_dict(), path)
+
+        full = train(cfg, _model(ts), ts, [], step_checkpoints=StepCheckpoints(save, 2))
+        dist.barrier()
+        state = EpochState.from_dict(torch.load(path, weights_only=True))
+        resumed = train(cfg, _model(ts), ts, [], resume=state)
+        if rank == 0:
+            strip = [{k: v for k, v in h.items() if not k.startswith("time/")}
+                     for h in (*full, *resumed)]
+            (Path(out_dir) / "histories.json").write_text(json.dumps(strip))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_mid_epoch_resume_under_ddp_matches(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
+    hist = json.loads((tmp_path / "histories.json").read_text())
+    full, resumed = hist[:2], hist[2:]
+    assert len(resumed) == 2 and resumed == full
