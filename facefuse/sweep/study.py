@@ -55,6 +55,14 @@ def _ensure_pg_schema(tracking_uri: str) -> None:
         engine.dispose()
 
 
+def ensure_study_schema(tracking_uri: str) -> None:
+    """Creates the PostgreSQL schema of the study when missing (a resumed sweep whose tracking
+    database was replaced: the searcher restored from Tune's state reconnects to it)."""
+    url = study_storage_url(tracking_uri)
+    if url is not None and not url.startswith("sqlite:"):
+        _ensure_pg_schema(tracking_uri)
+
+
 def study_storage(tracking_uri: str) -> Optional["RDBStorage"]:
     """Returns the Optuna RDBStorage that goes with a tracking store, or None (see module doc)."""
     url = study_storage_url(tracking_uri)

@@ -26,7 +26,7 @@ from facefuse.errors import ConfigError
 from facefuse.sweep.console import ConsoleReporter, tune_output, tune_verbosity
 from facefuse.sweep.jobs import (JobSpec, dataset_quality, fixed_config, resolve_paths,
                                  trial_context)
-from facefuse.sweep.study import study_storage
+from facefuse.sweep.study import ensure_study_schema, study_storage
 from facefuse.sweep.spaces import check_against_fixed, load_search_space
 from facefuse.tracking import schema as S
 from facefuse.data._io import atomic_write_json
@@ -482,6 +482,7 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     resumed = resume and tune.Tuner.can_restore(experiment_path)
     if resumed:
         logger.info("resuming sweep %s from %s", sweep_id, experiment_path)
+        ensure_study_schema(job.tracking.uri or "")
         tuner = tune.Tuner.restore(experiment_path, trainable=wrapped, resume_unfinished=True,
                                    resume_errored=retry_errored)
         # tuner.pkl holds the run config of the first run; today's callback (tracking URI,
