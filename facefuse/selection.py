@@ -563,6 +563,12 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
     scoped = search_all_runs(client, ids, trial_filter(sweep_id))
     split = any(sel_key in r.data.metrics for r in scoped)
     metric_key = sel_key if split else full_key
+    # A job with validation sets of its own tuned on them (the objective): the benchmark,
+    # never looked at while tuning, is then reported in full.
+    validation = next((r.data.tags[S.TAG_VALIDATION] for r in scoped
+                       if r.data.tags.get(S.TAG_VALIDATION)), None)
+    if validation is not None:
+        split, metric_key, higher = False, S.METRIC_OBJECTIVE, True
     trials, common, full_only = collect_trials(client, ids, metric_key, epoch_policy,
                                                sweep_id=sweep_id)
     if not trials:
@@ -590,7 +596,10 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
         budget = latest_budget
     estimate = None
     notes = []
-    if not split:
+    if validation is not None:
+        notes.append(f"selected on the job's validation sets ({validation}); {dataset} "
+                     f"in full is the held-out value")
+    elif not split:
         notes.append(f"the trials did not log the selection part ({sel_key}): chosen and "
                      f"valued on the full set, no held-out value -- rerun the sweep with this "
                      f"version of facefuse")
@@ -636,6 +645,9 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
         heldout = _value_at(client, ids, part_key(full_key, S.PART_REPORT), sweep_id, beta,
                             higher, chosen.run_ids)
         full_value = _value_at(client, ids, full_key, sweep_id, beta, higher, chosen.run_ids)
+    elif validation is not None:
+        heldout = full_value = _value_at(client, ids, full_key, sweep_id, beta,
+                                         higher_is_better(full_key), chosen.run_ids)
     elif estimate is not None:
         full_value = value
     verdict = "; ".join(([estimate.verdict] if estimate is not None else []) + notes)

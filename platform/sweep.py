@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                 "local_window", "lr", "objective", *datasets]
         print(f"\nsweep {result.sweep_id} ({'resumed' if result.resumed else 'new'}): "
               f"{len(result.trials)} trials, {result.num_errors} failed, {result.wall_s:.0f}s")
+        if result.confirmed_betas:
+            print(f"confirmation round: betas {', '.join(f'{b:g}' for b in result.confirmed_betas)}"
+                  f", {len(result.confirmation_trials)} trials (tagged facefuse.confirmation)")
         shown = [c for c in cols if any(c in r for r in rows)]
         print(format_table(shown, [[r.get(c) for c in shown] for r in rows], markdown=False))
         print("\nbest beta per dataset (python -m platform.best_beta --dataset NAME for details):")

@@ -111,7 +111,9 @@ class MlflowTrackingCallback(Callback):
                  searched_params: Optional[list[str]] = None,
                  trial_inputs: Optional[list[dict[str, str]]] = None,
                  summary_handler: Optional[Callable[..., None]] = None,
-                 roc_plot: Optional[Callable[..., Optional[Path]]] = None) -> None:
+                 roc_plot: Optional[Callable[..., Optional[Path]]] = None,
+                 confirmation: bool = False,
+                 end_tags: Optional[dict[str, str]] = None) -> None:
         self.writer = SweepWriter(tracking_uri, experiment_name, sweep_id, state_dir,
                                   sweep_tags=sweep_tags, trial_tags=trial_tags,
                                   sweep_params=sweep_params, sweep_artifacts=sweep_artifacts,
@@ -130,6 +132,11 @@ class MlflowTrackingCallback(Callback):
         self.writer.handlers["model"] = model_handler
         if summary_handler is not None:
             self.writer.handlers["summary"] = summary_handler
+        # A confirmation round is a second Tune run of the same sweep: its trials are tagged,
+        # it neither marks the sweep resumed nor touches the main round's trial counts, and its
+        # orphan check looks at its own trials only.
+        self.confirmation = confirmation
+        self.end_tags = dict(end_tags or {})
         self._init_runtime()
 
     # ------------------------------------------------------------------ state
@@ -218,6 +225,8 @@ class MlflowTrackingCallback(Callback):
         self._started = True
         if self.parent_run_id is None and not any(op["op"] == "parent" for op in self._queue):
             self._enqueue({"op": "parent"})
+        elif self.confirmation:
+            self._enqueue({"op": "status", "trial": None, "status": "RUNNING"})
         else:
             # The same sweep runs again (resume): the parent is running again until it ends.
             self._enqueue({"op": "status", "trial": None, "status": "RUNNING"})
@@ -242,6 +251,9 @@ class MlflowTrackingCallback(Callback):
             tags[S.TAG_VARIANT] = str(flat["variant"])
         if flat.get("seed") is not None:
             tags[S.TAG_SEED] = str(flat["seed"])
+        if self.confirmation:
+            # In the op itself, so a backlog replayed by another round's writer keeps it.
+            tags[S.TAG_CONFIRMATION] = "true"
         self._enqueue({"op": "trial", "trial": tid, "params": dict(trial.config), "tags": tags,
                        "reopen": reopen})
         if self.trial_inputs:
@@ -376,9 +388,11 @@ class MlflowTrackingCallback(Callback):
         self._load()
         self.final_trials = list(trials)
         failed = sum(1 for t in trials if t.status == "ERROR")
-        self._enqueue({"op": "orphans", "keep": sorted(t.trial_id for t in trials)})
-        self._enqueue({"op": "tags", "trial": None, "tags": {
-            S.TAG_TRIALS_TOTAL: str(len(trials)), S.TAG_TRIALS_FAILED: str(failed)}})
+        self._enqueue({"op": "orphans", "keep": sorted(t.trial_id for t in trials),
+                       "confirmation": self.confirmation})
+        counts = ({S.TAG_CONFIRMATION_TRIALS: str(len(trials))} if self.confirmation else
+                  {S.TAG_TRIALS_TOTAL: str(len(trials)), S.TAG_TRIALS_FAILED: str(failed)})
+        self._enqueue({"op": "tags", "trial": None, "tags": {**counts, **self.end_tags}})
         if self.summary_handler is not None:
             self._enqueue(self._summary_op(final=True))
         self._enqueue({"op": "end", "trial": None, "status": "FINISHED", "ts": _now_ms()})

@@ -152,6 +152,38 @@ class AblationSpec(_Spec):
     seeds: list[Any] = Field(default_factory=list)
 
 
+# --- selection: the confirmation round and named validation sets (issue 13) ---------------------
+class SelectionSpec(_Spec):
+    """How beta is selected: a confirmation round, or validation sets of the job's own.
+
+    ``confirm_top`` > 0 reruns the top distinct betas of the main round with ``seeds`` seeds each
+    at full budget (no ASHA) in the same sweep. ``validation`` names datasets whose full-set
+    metrics drive the objective, ASHA and the best checkpoint instead of the evaluated sets'
+    selection parts (the evaluated sets are then reported in full).
+    """
+
+    confirm_top: int = Field(default=0, ge=0)
+    seeds: int = Field(default=3, ge=1)
+    validation: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+
+def _check_selection(path: Optional[PathLike], job: "JobSpec") -> None:
+    sel = job.selection
+    for i, ds in enumerate(sel.validation):
+        _check_dataset(path, f"selection.validation[{i}]", ds)
+        if ds in job.data.eval:
+            raise _fail(path, f"selection.validation[{i}]",
+                        f"{ds!r} is both a validation set and an evaluated set (data.eval)",
+                        "a set that selects cannot also report: remove it from one of the two")
+    if len(set(sel.validation)) != len(sel.validation):
+        raise _fail(path, "selection.validation", "selection.validation lists a dataset twice",
+                    "list each dataset once")
+    if sel.validation:
+        # The objective is computed on the validation sets (their full metrics).
+        _check_objective(path, job.objective, list(sel.validation))
+# -----------------------------------------------------------------------------------------------
+
+
 class JobSpec(_Spec):
     """A validated job file. Paths stay as written until ``resolve_paths``."""
 
@@ -174,6 +206,7 @@ class JobSpec(_Spec):
     # issue 11 (feature store): "auto" extracts missing feature entries before the sweep,
     # "require" refuses to start without them
     features: Literal["require", "auto"] = "require"
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
     # Not keys of the file: where it came from and what the driver did with it.
     source: Optional[str] = None
     resolved: bool = False
@@ -206,6 +239,11 @@ class JobSpec(_Spec):
         for key in ("resources", "tracking", "storage", "source", "resolved", "max_failures",
                     "features"):
             d.pop(key, None)
+        # The confirmation round does not change the main round: adding it to a finished sweep
+        # resumes that sweep and runs only the round. Validation sets change every trial.
+        sel = d.pop("selection", None)
+        if sel and sel.get("validation"):
+            d["selection.validation"] = list(sel["validation"])
         if self.resolved:
             try:
                 d["search_space_sha256"] = hashlib.sha256(
@@ -219,7 +257,7 @@ class JobSpec(_Spec):
 #: Keys a job file may hold: JobSpec's fields less those the platform sets.
 _FILE_KEYS = tuple(k for k in JobSpec.model_fields if k not in ("source", "resolved", "written"))
 #: Sections whose value may be left empty (``data:`` with nothing under it) in the file.
-_SECTIONS = ("data", "backbones", "asha", "resources", "tracking")
+_SECTIONS = ("data", "backbones", "asha", "resources", "tracking", "selection")
 
 
 # --------------------------------------------------------------------------- validation messages
@@ -440,7 +478,9 @@ def parse_job(raw: Any, path: Optional[PathLike] = None) -> JobSpec:
                     "list each dataset once")
     _check_dataset(path, "data.train", data.train)
     _check_params(path, job.params)
-    _check_objective(path, job.objective, data.eval)
+    if not job.selection.validation:
+        _check_objective(path, job.objective, data.eval)
+    _check_selection(path, job)
 
     asha, resources = job.asha, job.resources
     if asha.max_t is not None and asha.max_t > job.epochs:
@@ -543,14 +583,16 @@ def trial_context(job: JobSpec) -> dict[str, Any]:
         raise ConfigError(job.source, "job paths are not resolved", field="(job)",
                           fix="call facefuse.sweep.jobs.resolve_paths(job) in the driver first")
     r = job.resources
+    validation = job.selection.validation
     return TrialContext(
         data_root=job.data.root,
         cache_dir=job.data.cache_dir,
         arcface_checkpoint=job.backbones.arcface,
         adaface_checkpoint=job.backbones.adaface,
         train_dataset=job.data.train,
-        eval_datasets=list(job.data.eval),
-        objective=job.objective.to_context(),
+        eval_datasets=list(job.data.eval) + list(validation),
+        objective=({**job.objective.to_context(), "validation": list(validation)} if validation
+                   else job.objective.to_context()),
         workers_per_trial=r.workers_per_trial,
         gpus_per_worker=r.gpus_per_worker,
         cpus_per_worker=r.cpus_per_worker,

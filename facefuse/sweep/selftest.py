@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 from facefuse.data._io import atomic_write, atomic_write_json
 from facefuse.sweep.jobs import dataset_quality
+from facefuse.tracking.schema import flat_config
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def fake_metrics(config: dict[str, Any], epoch: int, datasets: list[str]) -> dic
 
 
 def _objective(metrics: dict[str, float], spec: dict[str, Any], datasets: list[str]) -> float:
+    if spec.get("validation"):
+        datasets = list(spec["validation"])  # the job's own validation sets alone
     if "dataset" in spec:
         ds = spec["dataset"]
         metric = spec.get("metric") or ("tar_far_1e-4" if f"{ds}/tar_far_1e-4" in metrics else "acc")
@@ -73,6 +76,7 @@ def quadratic_trainable(config: dict[str, Any], context: Optional[dict[str, Any]
     """Reports self-test metrics once per epoch to Tune, with a checkpoint each epoch."""
     from ray import tune
 
+    config = flat_config(config)  # grid entries (ablation, confirmation round) are merged
     context = context or {}
     datasets = list(context.get("eval_datasets") or ["selftest"])
     spec = context.get("objective") or {"quality": "all"}

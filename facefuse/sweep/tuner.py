@@ -74,6 +74,9 @@ class SweepResult:
     wall_s: float = 0.0
     pending_tracking_ops: int = 0
     experiment_id: Optional[str] = None
+    #: The confirmation round (``selection.confirm_top``): its trials and the betas it reran.
+    confirmation_trials: list[TrialSummary] = field(default_factory=list)
+    confirmed_betas: list[float] = field(default_factory=list)
 
     @property
     def shown_tracking_uri(self) -> str:
@@ -290,8 +293,9 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
                    flush_timeout_s: float = 120.0,
                    searched_params: Optional[list[str]] = None,
                    summary_handler: Optional[Callable[..., None]] = None,
-                   roc_plot: Optional[Callable[..., Any]] = None) -> "Any":
-    """Returns the MLflow tracking callback of a resolved job."""
+                   roc_plot: Optional[Callable[..., Any]] = None, confirmation: bool = False,
+                   end_tags: Optional[dict[str, str]] = None) -> "Any":
+    """Returns the MLflow tracking callback of a resolved job (of its confirmation round)."""
     from facefuse.sweep.callback import MlflowTrackingCallback
 
     commit = git_commit(Path.cwd())
@@ -317,6 +321,8 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
     }
     if job.variant:
         common[S.TAG_VARIANT] = job.variant
+    if job.selection.validation:
+        common[S.TAG_VALIDATION] = ",".join(job.selection.validation)
     job_json = state_dir / "resolved_job.json"
     atomic_write_json(job_json, {"sweep_id": sweep_id, "job": job.to_dict()})
     sweep_params = {k: v for k, v in job.to_dict().items()
@@ -334,7 +340,7 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
                            or _artifact_location(job.tracking.uri or "", job.experiment_name)),
         flush_timeout_s=flush_timeout_s, searched_params=searched_params,
         trial_inputs=_trial_inputs(job, state_dir), summary_handler=summary_handler,
-        roc_plot=roc_plot)
+        roc_plot=roc_plot, confirmation=confirmation, end_tags=end_tags)
 
 
 def _trial_inputs(job: JobSpec, state_dir: Path) -> list[dict[str, str]]:
@@ -414,6 +420,114 @@ def _asha(job: JobSpec, **kw: Any) -> Any:
                          reduction_factor=job.asha.reduction_factor, **kw)
 
 
+def _restore(path: str, wrapped: Any, run_config: Any, retry_errored: bool) -> Any:
+    """Returns the Tuner of a stored Tune experiment, with today's callbacks and retries."""
+    from ray import tune
+
+    tuner = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True,
+                               resume_errored=retry_errored)
+    # tuner.pkl holds the run config of the first run; today's callback (tracking URI,
+    # retries) and failure settings replace it.
+    restored = tuner._local_tuner.get_run_config() if getattr(tuner, "_local_tuner", None) \
+        else None
+    if restored is not None:
+        restored.callbacks = run_config.callbacks
+        restored.verbose = run_config.verbose
+        restored.failure_config = run_config.failure_config
+    else:  # pragma: no cover - only with Ray Client
+        logger.warning("could not replace the restored callbacks; using the pickled ones")
+    return tuner
+
+
+# --------------------------------------------------------------------------- confirmation round
+CONFIRM_SUFFIX = "-confirm"
+#: Key of the confirmation round's grid_search (whole trial configs; flattened by trainables).
+CONFIRM_KEY = "confirm"
+
+
+def confirmation_betas(trials: list[TrialSummary], epochs: int, k: int) -> list[float]:
+    """Returns the top ``k`` distinct betas of a round, best full-budget objective first.
+
+    The objective is the selection part's (or the job's validation sets'), so this is the
+    estimator's own view of the trials; ASHA-stopped trials report early-epoch values that are
+    not comparable (docs/architecture.md, "Filters") and are left out.
+    """
+    full = [t for t in trials if t.status != "ERROR" and t.objective is not None
+            and t.epochs_done >= epochs and "beta" in S.flat_config(t.config)]
+    out: list[float] = []
+    for t in sorted(full, key=lambda t: -float(t.objective or 0.0)):
+        beta = float(S.flat_config(t.config)["beta"])
+        if beta not in out:
+            out.append(beta)
+        if len(out) == k:
+            break
+    return out
+
+
+def confirmation_configs(trials: list[TrialSummary], betas: list[float], seeds: list[int]
+                         ) -> list[dict[str, Any]]:
+    """Returns one trial config per (beta, seed): the best trial of that beta with a new seed."""
+    out = []
+    for beta in betas:
+        best = max((t for t in trials if t.objective is not None
+                    and float(S.flat_config(t.config).get("beta", "nan")) == beta),
+                   key=lambda t: float(t.objective or 0.0))
+        base = {k: v for k, v in S.flat_config(best.config).items() if k != "seed"}
+        out.extend({**base, "seed": s} for s in seeds)
+    return out
+
+
+def _confirmation_round(job: JobSpec, wrapped: Any, context: dict[str, Any], sweep_id: str,
+                        state_dir: Path, trials: list[TrialSummary], betas: list[float],
+                        resume: bool, retry_errored: bool, flush_timeout_s: float,
+                        verbose: bool = False, callback_kwargs: Optional[dict[str, Any]] = None
+                        ) -> tuple[list[TrialSummary], Any]:
+    """Returns (the confirmation round's trials, its callback) after running or resuming it.
+
+    The round is its own Tune experiment (``<sweep id>-confirm`` in the same storage, so a
+    rerun restores it instead of running it again) under the sweep's MLflow parent run.
+    """
+    from ray import tune
+
+    if not betas:
+        logger.warning("sweep %s: no full-budget trial with a beta; no confirmation round",
+                       sweep_id)
+        return [], None
+    name = sweep_id + CONFIRM_SUFFIX
+    path = (str(Path(job.storage) / name) if _local_storage(job)
+            else f"{str(job.storage).rstrip('/')}/{name}")
+    kwargs = dict(callback_kwargs or {})
+    callback = build_callback(job, sweep_id, state_dir, context, flush_timeout_s,
+                              confirmation=True, end_tags={
+                                  S.TAG_CONFIRMED_BETAS: ",".join(f"{b:g}" for b in betas)},
+                              **kwargs)
+    callback.start()
+    run_config = tune.RunConfig(
+        name=name, storage_path=str(job.storage),
+        callbacks=[callback, ConsoleReporter(None, kwargs.get("searched_params"))],
+        failure_config=tune.FailureConfig(max_failures=job.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=tune_verbosity(verbose))
+    if resume and tune.Tuner.can_restore(path):
+        logger.info("resuming the confirmation round of sweep %s", sweep_id)
+        tuner = _restore(path, wrapped, run_config, retry_errored)
+    else:
+        # Seeds the main round did not use: the round measures seed noise at each beta.
+        seeds = [job.seed + 1 + i for i in range(job.selection.seeds)]
+        configs = confirmation_configs(trials, betas, seeds)
+        logger.info("sweep %s: confirming betas %s with %d seeds each (%d trials)", sweep_id,
+                    betas, len(seeds), len(configs))
+        tuner = tune.Tuner(
+            wrapped, param_space={**fixed_config(job), CONFIRM_KEY: tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(metric="objective", mode="max", num_samples=1,
+                                        max_concurrent_trials=job.resources.max_concurrent_trials),
+            run_config=run_config)
+    with tune_output(verbose):
+        tuner.fit()
+    callback.flush()
+    return _summaries(callback.final_trials, callback), callback
+
+
 # --------------------------------------------------------------------------- the sweep
 def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool = True,
               retry_errored: bool = False, flush_timeout_s: float = 120.0,
@@ -437,6 +551,8 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     event (``facefuse.sweep.console``).
     ``summary_handler``, ``roc_plot``: the parent-run summary and a trial's ROC picture
     (``facefuse.sweep_report``; the command hands them in, the sweep layer cannot import them).
+    With ``selection.confirm_top`` the job's top betas then run again with new seeds in a
+    confirmation round (``_confirmation_round``; ``result.confirmation_trials``).
     """
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -483,18 +599,7 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     if resumed:
         logger.info("resuming sweep %s from %s", sweep_id, experiment_path)
         ensure_study_schema(job.tracking.uri or "")
-        tuner = tune.Tuner.restore(experiment_path, trainable=wrapped, resume_unfinished=True,
-                                   resume_errored=retry_errored)
-        # tuner.pkl holds the run config of the first run; today's callback (tracking URI,
-        # retries) and failure settings replace it.
-        restored = tuner._local_tuner.get_run_config() if getattr(tuner, "_local_tuner", None) \
-            else None
-        if restored is not None:
-            restored.callbacks = callbacks
-            restored.verbose = run_config.verbose
-            restored.failure_config = run_config.failure_config
-        else:  # pragma: no cover - only with Ray Client
-            logger.warning("could not replace the restored callbacks; using the pickled ones")
+        tuner = _restore(experiment_path, wrapped, run_config, retry_errored)
     elif param_space is not None:
         has_grid = any(isinstance(v, dict) and "grid_search" in v for v in param_space.values())
         tuner = tune.Tuner(
@@ -527,6 +632,18 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
         tuner.fit()  # trials and their results come back through the callback
     callback.flush()
     trials = _summaries(callback.final_trials, callback)
+    confirm_trials: list[TrialSummary] = []
+    betas: list[float] = []
+    if job.selection.confirm_top > 0 and param_space is not None:
+        logger.warning("sweep %s: selection.confirm_top applies to search sweeps; a given "
+                       "param space (ablation grid) runs no confirmation round", sweep_id)
+    elif job.selection.confirm_top > 0:
+        betas = confirmation_betas(trials, job.max_t, job.selection.confirm_top)
+        confirm_trials, confirm_callback = _confirmation_round(
+            job, wrapped, context, sweep_id, state_dir, trials, betas, resume,
+            retry_errored, flush_timeout_s, verbose,
+            dict(searched_params=searched, summary_handler=summary_handler, roc_plot=roc_plot))
+        callback = confirm_callback or callback  # it holds the writes still pending
     result = SweepResult(
         sweep_id=sweep_id, experiment_name=job.experiment_name,
         # The real URI: the caller connects with it (the summary reconnected with the redacted
@@ -535,7 +652,8 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
         parent_run_id=callback.parent_run_id, trials=trials, best=_best(trials, job.max_t),
         resumed=bool(resumed), wall_s=time.perf_counter() - t0,
         pending_tracking_ops=callback.pending_operations,
-        experiment_id=callback.experiment_id)
+        experiment_id=callback.experiment_id,
+        confirmation_trials=confirm_trials, confirmed_betas=betas)
     logger.info("sweep %s: %d trials (%d failed) in %.0fs", sweep_id, len(trials),
                 result.num_errors, result.wall_s)
     return result

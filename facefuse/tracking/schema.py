@@ -73,6 +73,14 @@ TAG_SELECTED_BETA_ESTIMATE = "facefuse.beta_estimate"
 TAG_CONFIRMATION = "facefuse.confirmation"
 TAG_LOADABLE_MODEL = "facefuse.loadable_model"  # the version loads with mlflow.pytorch
 TAG_MODEL_ID = "facefuse.model_id"  # a trial run's logged MLflow model (its best checkpoint)
+#: On the sweep's parent run: the betas its confirmation round reran (comma-separated) and how
+#: many trials that round ran.
+TAG_CONFIRMED_BETAS = "facefuse.confirmed_betas"
+#: On the parent and trial runs of a job that names validation sets of its own
+#: (``selection.validation``, comma-separated): the objective was computed on them, so
+#: best_beta selects on ``objective`` and reports the evaluated sets in full.
+TAG_VALIDATION = "facefuse.validation"
+TAG_CONFIRMATION_TRIALS = "facefuse.confirmation_trials"
 
 # --------------------------------------------------------------------------- metrics
 METRIC_EPOCH = "epoch"

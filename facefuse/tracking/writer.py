@@ -350,8 +350,12 @@ class SweepWriter:
         self.client().set_terminated(self._run_for(trial_id), status=status,
                                      end_time=timestamp_ms)
 
-    def relabel_orphans(self, keep: set[str]) -> None:
+    def relabel_orphans(self, keep: set[str], confirmation: bool = False) -> None:
         """Marks trial runs of this sweep whose trial Tune no longer knows (KILLED, kind orphan).
+
+        Only the runs of the round that ended are looked at (``confirmation``: the confirmation
+        round's, else the main round's): each round is its own Tune experiment and knows only
+        its own trials.
 
         A driver killed between starting a trial and saving Tune's experiment state leaves a run
         for a trial that the restored experiment does not contain (it samples a new trial in its
@@ -365,7 +369,7 @@ class SweepWriter:
                                S.sweep_filter(self.sweep_id, S.KIND_TRIAL))
         for run in runs:
             tid = run.data.tags.get(S.TAG_TRIAL_ID)
-            if tid in keep:
+            if tid in keep or (run.data.tags.get(S.TAG_CONFIRMATION) == "true") != confirmation:
                 continue
             logger.warning("trial %s of sweep %s is not part of the restored experiment; "
                            "marking its run %s as orphaned", tid, self.sweep_id, run.info.run_id)
@@ -476,7 +480,7 @@ class SweepWriter:
         elif kind == "artifact":
             self.log_artifact(trial, op["path"], op.get("artifact_path"))
         elif kind == "orphans":
-            self.relabel_orphans(set(op["keep"]))
+            self.relabel_orphans(set(op["keep"]), bool(op.get("confirmation", False)))
         elif kind == "status":
             self.set_status(trial, op["status"])
         elif kind == "end":

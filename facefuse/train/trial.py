@@ -102,19 +102,28 @@ def objective_value(metrics: dict[str, float], spec: dict[str, Any],
     """Returns the objective: one dataset's metric, or the mean primary metric of a quality group.
 
     ``spec`` is ``{"dataset": name, "metric": m}`` (metric defaults to the dataset's primary one)
-    or ``{"quality": "high" | "mixed" | "low" | "all"}``.
+    or ``{"quality": "high" | "mixed" | "low" | "all"}``. With ``"validation": [names]`` (the
+    job's own validation sets) the objective is taken over those sets' full-set metrics only.
     """
+    validation = list(spec.get("validation") or [])
+    if validation:
+        eval_datasets = validation
+    part = _full_set if validation else _selection_part
     if "dataset" in spec:
         ds = spec["dataset"]
         metric = spec.get("metric") or get_dataset(ds).primary_metric
-        return float(_selection_part(metrics, ds, metric))
+        return float(part(metrics, ds, metric))
     quality = spec.get("quality", "all")
     names = [d for d in eval_datasets if quality == "all" or get_dataset(d).quality == quality]
     if not names:
         raise ConfigError(None, f"objective quality {quality!r} matches none of {eval_datasets}",
                           field="objective.quality", fix="evaluate a dataset of that quality")
-    return float(np.mean([_selection_part(metrics, d, get_dataset(d).primary_metric)
-                          for d in names]))
+    return float(np.mean([part(metrics, d, get_dataset(d).primary_metric) for d in names]))
+
+
+def _full_set(metrics: dict[str, float], dataset: str, metric: str) -> float:
+    """Returns the metric on the whole set (a validation set of the job's own selects whole)."""
+    return metrics[metric_key(dataset, metric)]
 
 
 def _selection_part(metrics: dict[str, float], dataset: str, metric: str) -> float:

@@ -71,6 +71,19 @@ def test_evaluate_logs_selection_and_report_parts_and_the_objective_uses_selecti
     assert objective_value(full_only, spec, ["lfw"]) == 0.9
 
 
+def test_objective_on_named_validation_sets_reads_their_full_metrics() -> None:
+    metrics = {"lfw/acc": 0.9, "lfw/sel/acc": 0.8, "cplfw/acc": 0.7, "cplfw/sel/acc": 0.6,
+               "ijbb/tar_far_1e-4": 0.5, "ijbb/sel/tar_far_1e-4": 0.4}
+    # Without validation sets: the evaluated sets' selection parts.
+    assert objective_value(metrics, {"quality": "all"}, ["lfw", "ijbb"]) == \
+        pytest.approx((0.8 + 0.4) / 2)
+    # With them: only the validation sets, whole; the evaluated sets are not looked at.
+    spec = {"quality": "all", "validation": ["cplfw"]}
+    assert objective_value(metrics, spec, ["lfw", "ijbb", "cplfw"]) == 0.7
+    spec = {"dataset": "cplfw", "metric": "acc", "validation": ["cplfw"]}
+    assert objective_value(metrics, spec, ["lfw", "cplfw"]) == 0.7
+
+
 def test_evaluate_splits_an_ijb_set_by_subject_with_a_bootstrap_se() -> None:
     rng = np.random.default_rng(1)
     p1, p2, labels, subject = _ijb_protocol(30)

@@ -226,3 +226,38 @@ def test_cluster_fields_reach_the_trial_context(tmp_path: Path) -> None:
     resolved = resolve_paths(job, tmp_path)
     assert resolved.tracking.uri == "postgresql+psycopg://u:p@db/mlflow"
     assert resolved.tracking.artifact_location == (tmp_path / "arts").as_uri()
+
+
+def test_selection_section(tmp_path: Path) -> None:
+    job = parse_job(_raw(tmp_path))
+    assert job.selection.confirm_top == 0 and job.selection.validation == []  # off by default
+    job = parse_job(_raw(tmp_path, selection={"confirm_top": 3, "seeds": 2}))
+    assert (job.selection.confirm_top, job.selection.seeds) == (3, 2)
+    # The confirmation round does not change the main round: same sweep id.
+    assert job.identity_hash() == parse_job(_raw(tmp_path)).identity_hash()
+    for sel, field, words in [
+            ({"confirm_top": -1}, "selection.confirm_top", ">= 0"),
+            ({"seed": 2}, "selection.seed", "did you mean selection.seeds?"),
+            ({"seeds": 0}, "selection.seeds", ">= 1"),
+            ({"validation": ["synth_lfw"]}, "selection.validation[0]", "evaluated set"),
+            ({"validation": ["synth_ijbz"]}, "selection.validation[0]", "did you mean"),
+            # mean:all is checked against the validation sets: none is of quality mixed
+            ({"validation": ["synth_cplfw"]}, None, None)]:
+        raw = _raw(tmp_path, selection=sel)
+        if field is None:
+            raw["objective"] = "mean:mixed"
+        with pytest.raises(ConfigError) as err:
+            parse_job(raw, "j.yaml")
+        text = str(err.value)
+        assert text.startswith("j.yaml: [") and " -- " in text and "\n" not in text
+        assert err.value.field == (field or "objective.quality"), text
+        assert words is None or words in text, text
+
+
+def test_validation_sets_join_the_trial_context(tmp_path: Path) -> None:
+    job = resolve_paths(parse_job(_raw(tmp_path, selection={"validation": ["synth_ijbb"]})),
+                        tmp_path)
+    ctx = trial_context(job)
+    assert ctx["eval_datasets"] == ["synth_lfw", "synth_ijbc", "synth_ijbb"]
+    assert ctx["objective"] == {"quality": "all", "validation": ["synth_ijbb"]}
+    assert job.identity_hash() != parse_job(_raw(tmp_path)).identity_hash()
