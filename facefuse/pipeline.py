@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from facefuse.errors import ConfigError
-from facefuse.sweep.jobs import JobSpec, load_job, resolve_paths, trial_context
+from facefuse.sweep.jobs import JobSpec, load_job, resolve_paths, train_flips, trial_context
 from facefuse.embedded import embedded_paths, ensure_synth, ensure_tiny_backbones
 from facefuse.tracking import schema as S
 from facefuse.tracking.store import experiment_ids, open_tracking, search_all_runs
@@ -45,16 +45,31 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
             # sets a Ray Data job would cost more to start than it saves
             extract_features(job, use_ray=False)
         check_features(job)
+    check_train_subset(job)
     logger.info("job %s prepared in %.0fs", job.name, time.perf_counter() - t0)
     return job, trial_context(job)
 
 
 def job_datasets(job) -> list:
-    """Returns the DatasetWork of every set a job reads (mirrored train maps only with flip_augment)."""
+    """Returns the DatasetWork of every set a job reads (mirrored train maps only when trials use
+    them: ``facefuse.sweep.jobs.train_flips``)."""
     from facefuse.features.extraction import DatasetWork
 
-    train_flips = bool(job.params.get("flip_augment", True))
-    return [DatasetWork(job.data.train, train_flips)] + [DatasetWork(d, True) for d in job.data.eval]
+    return [DatasetWork(job.data.train, train_flips(job))] + [DatasetWork(d, True) for d in job.data.eval]
+
+
+def check_train_subset(job: JobSpec) -> None:
+    """Raises the subset's ConfigError (naming the job file) before any trial when the train set
+    cannot give data.train_subset."""
+    from facefuse.data.subset import class_balanced_subset
+    from facefuse.features.dataset import _dataset_meta, _meta_root
+
+    sub = job.data.train_subset
+    if sub is None:
+        return
+    meta = _dataset_meta(job.data.train, Path(job.data.root), _meta_root(job.data.cache_dir))
+    class_balanced_subset(meta["labels"], sub.identities, sub.per_identity, sub.seed,
+                          job.data.train, job.source)
 
 
 def check_features(job) -> None:

@@ -56,15 +56,47 @@ def test_training_on_real_formats_reports_every_protocol_metric(world: dict[str,
     assert {"state.pt", "config.json", "model.pt", "roc_synth_ijbb.npz"} <= set(files)
 
 
+def test_trial_trains_on_the_class_balanced_subset(world: dict[str, Path], monkeypatch) -> None:
+    from facefuse.features.extraction import DatasetWork, extract
+    from facefuse.features.store import ShardStore
+    from facefuse.train import trial as trial_mod
+    from facefuse.train.trial import TrialContext, run_training
+
+    extract(ShardStore(world["base"] / "cache"), world["data"], (world["arcface"], world["adaface"]),
+            [DatasetWork("synth_train", False), DatasetWork("synth_lfw", True)], use_ray=False)
+    ctx = TrialContext(data_root=str(world["data"]), cache_dir=str(world["base"] / "cache"),
+                       arcface_checkpoint=str(world["arcface"]),
+                       adaface_checkpoint=str(world["adaface"]), train_dataset="synth_train",
+                       eval_datasets=["synth_lfw"], objective={"dataset": "synth_lfw"})
+    seen: list = []
+    real_build = trial_mod.build_model
+
+    def build(model_over, train_set):  # records what the loop trains on, builds the real model
+        seen.append(train_set)
+        return real_build(model_over, train_set)
+
+    monkeypatch.setattr(trial_mod, "build_model", build)
+    run_training({"epochs": 1, "batch_size": 8, "d_model": 32, "fusion_hidden": 64,
+                  "embedding_size": 32, "flip_augment": False, "train_subset_identities": 5,
+                  "train_subset_per_identity": 4, "train_subset_seed": 2},
+                 ctx, lambda m, c: None, None)
+    (ts,) = seen
+    assert ts.num_classes == 5 and len(ts.labels) == 20 and len(ts.maps.a) == 20
+    assert sorted(np.bincount(ts.labels)) == [4] * 5 and ts.maps.a_flip is None
+
+
 @pytest.mark.slow
-def test_sweep_of_the_real_trainable_tracks_every_trial(world_job, tmp_path: Path,
-                                                       ray_local: None) -> None:
+def test_sweep_of_the_real_trainable_tracks_every_trial(world_job, world: dict[str, Path],
+                                                       tmp_path: Path, ray_local: None) -> None:
     from mlflow.tracking import MlflowClient
 
     from facefuse.pipeline import prepare_job, sweep_rows
     from facefuse.sweep import run_sweep
 
-    job, ctx = prepare_job(world_job(tmp_path, "e2e"), cwd=tmp_path)
+    data = {"root": str(world["data"]), "train": "synth_train", "eval": EVAL,
+            "cache_dir": str(world["base"] / "cache"),
+            "train_subset": {"identities": 12, "per_identity": 4, "seed": 5}}
+    job, ctx = prepare_job(world_job(tmp_path, "e2e", data=data), cwd=tmp_path)
     assert os.path.isabs(ctx["data_root"]) and os.path.isabs(ctx["cache_dir"])
     result = run_sweep(job)
     assert len(result.trials) == 3 and result.num_errors == 0
@@ -75,6 +107,11 @@ def test_sweep_of_the_real_trainable_tracks_every_trial(world_job, tmp_path: Pat
     for run in runs:
         assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
         assert "beta" in run.data.params
+        # the training data every trial saw is recorded with it
+        assert run.data.params["train_subset_identities"] == "12"
+        assert run.data.params["train_subset_per_identity"] == "4"
+        assert run.data.params["train_subset_seed"] == "5"
+        assert run.data.params["flip_augment"] == "True"
         assert "synth_ijbc/tar_far_1e-4" in run.data.metrics and "synth_lfw/acc" in run.data.metrics
         hist = client.get_metric_history(run.info.run_id, "synth_lfw/acc")
         assert [h.step for h in hist] == list(range(1, len(hist) + 1))

@@ -72,6 +72,35 @@ class TrainSet:
     num_classes: int
 
 
+class SubsetMaps:
+    """The maps of some images of another map array: ``maps[i]`` is ``base[index[i]]``."""
+
+    def __init__(self, base: MapArray, index: np.ndarray) -> None:
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+        self.shape = (len(self.index),) + tuple(base.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        # a sorted index keeps the loop's sorted batch reads sorted in the memory-mapped base
+        return self.base[self.index[idx]]
+
+
+def subset_train_set(train: TrainSet, identities: int, per_identity: int, seed: int) -> TrainSet:
+    """Returns the class-balanced, seeded subset of a train set, labels renumbered from 0."""
+    from facefuse.data.subset import class_balanced_subset
+
+    index = class_balanced_subset(train.labels, identities, per_identity, seed, train.name)
+    m = train.maps
+    maps = PairMaps(*(None if arr is None else SubsetMaps(arr, index)
+                      for arr in (m.a, m.b, m.a_flip, m.b_flip)))
+    _, labels = np.unique(train.labels[index], return_inverse=True)
+    logger.info("train subset of %s: %d identities x %d images (seed %d)", train.name,
+                identities, per_identity, seed)
+    return TrainSet(train.name, maps, labels.astype(np.int64), identities)
+
+
 @dataclass
 class EvalSet:
     """An evaluation set: maps and what its protocol needs (issame, or IJB templates)."""

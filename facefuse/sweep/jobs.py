@@ -10,6 +10,8 @@ A job file is YAML with these sections (every key optional unless marked)::
       train: ms1mv2                      # required; a dataset registry name
       eval: [ijbb, lfw]                  # required; evaluated every epoch
       cache_dir: embedded                # feature cache; "embedded" = <cwd>/.facefuse/cache, "none"
+      train_subset: {identities: 10000, per_identity: 20, seed: 0}   # class-balanced, seeded;
+                                         # omitted: the whole train set
     backbones:
       arcface: embedded                  # checkpoint path or "embedded" (the tiny ones)
       adaface: embedded
@@ -43,6 +45,7 @@ import hashlib
 import json
 import logging
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
@@ -60,6 +63,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 EMBEDDED = "embedded"
 QUALITY_GROUPS = ("high", "mixed", "low", "all")
 METRIC_NAMES = ("acc", "tar_far_1e-4")
+#: Trial params that carry data.train_subset (None: the whole train set).
+SUBSET_PARAMS = ("train_subset_identities", "train_subset_per_identity", "train_subset_seed")
 
 
 
@@ -70,6 +75,14 @@ class _Spec(BaseModel):
                               validate_default=False)
 
 
+class TrainSubsetSpec(_Spec):
+    """A class-balanced part of the train set: ``identities`` x ``per_identity`` images, seeded."""
+
+    identities: int = Field(ge=1)
+    per_identity: int = Field(ge=1)
+    seed: int = Field(default=0, ge=0)
+
+
 class DataSpec(_Spec):
     """Where the data is and which datasets a trial trains on and evaluates."""
 
@@ -77,6 +90,8 @@ class DataSpec(_Spec):
     train: str = Field(min_length=1)
     eval: list[Annotated[str, Field(min_length=1)]]
     cache_dir: Optional[str] = Field(default=EMBEDDED, min_length=1)
+    # issue 11: for a training set that does not fit
+    train_subset: Optional[TrainSubsetSpec] = None
 
 
 class BackboneSpec(_Spec):
@@ -294,11 +309,19 @@ def _model_at(root: type[BaseModel], loc: Sequence[Union[str, int]]) -> Optional
     model: Any = root
     for part in loc[:-1]:
         field_info = model.model_fields.get(part) if isinstance(part, str) else None
-        ann = getattr(field_info, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        ann = _section_model(getattr(field_info, "annotation", None))
+        if ann is None:
             return None
         model = ann
     return model
+
+
+def _section_model(ann: Any) -> Optional[type[BaseModel]]:
+    """Returns the model of a field annotated ``Model`` or ``Optional[Model]``, else None."""
+    for cand in (ann, *typing.get_args(ann)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
 
 
 def _translate(path: Optional[PathLike], exc: ValidationError, root: Optional[type[BaseModel]] = None,
@@ -323,7 +346,7 @@ def _translate(path: Optional[PathLike], exc: ValidationError, root: Optional[ty
         model = _model_at(root, loc)
         if kind == "missing" and model is not None:
             ann = model.model_fields[str(loc[-1])].annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if _section_model(ann) is not None:
                 want = "dict"  # a section
             else:
                 want = next((k for k in ("list", "dict", "int", "float") if k in str(ann)), "str")
@@ -424,7 +447,7 @@ def _check_params(path: Optional[PathLike], params: dict[str, Any]) -> None:
     # Set by the platform from the job or the data, never by hand.
     reserved = {"epochs": "epochs", "seed": "seed", "num_classes": "data.train",
                 "in_channels_a": "the backbones", "in_channels_b": "the backbones",
-                "map_size": "the backbones"}
+                "map_size": "the backbones", **{k: "data.train_subset" for k in SUBSET_PARAMS}}
     for key in params:
         if key.startswith("_"):
             continue
@@ -605,9 +628,30 @@ def trial_context(job: JobSpec) -> dict[str, Any]:
     ).to_dict()
 
 
+def train_flips(job: JobSpec) -> bool:
+    """Returns whether trials train on mirrored maps too: params.flip_augment, else the default.
+
+    The default is on for the synthetic suite (the quickstart's numbers) and off for real data,
+    where the mirrored train maps double a store that already does not fit (MS1MV2 at r100:
+    about 291 GB per backbone and flip).
+    """
+    if "flip_augment" in job.params:
+        return bool(job.params["flip_augment"])
+    reg = _registry()
+    return bool(reg.get_dataset(job.data.train).synthetic)
+
+
 def fixed_config(job: JobSpec) -> dict[str, Any]:
-    """Returns the settings every trial shares: fixed params, epochs and the seed."""
+    """Returns the settings every trial shares: fixed params, epochs, the seed and train data.
+
+    The train-set choices (mirrored maps, the class-balanced subset) are in every trial's config
+    so that each trial run records them as params.
+    """
     cfg = dict(job.params)
     cfg["epochs"] = job.epochs
     cfg["seed"] = job.seed
+    cfg["flip_augment"] = train_flips(job)
+    sub = job.data.train_subset
+    cfg.update(zip(SUBSET_PARAMS, (sub.identities, sub.per_identity, sub.seed) if sub
+                   else (None, None, None)))
     return cfg

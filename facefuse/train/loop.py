@@ -43,6 +43,10 @@ class TrainConfig:
     grad_clip: float = 5.0
     seed: int = 0
     flip_augment: bool = True
+    # data.train_subset (None: the whole train set); here so that every trial records them
+    train_subset_identities: Optional[int] = None
+    train_subset_per_identity: Optional[int] = None
+    train_subset_seed: Optional[int] = None
     # None: 512 on a GPU, 32 on the CPU, where the head's attention runs about 1.8x faster per
     # sample at batch 32 than at 512 (cache-sized working set; benchmarks/README.md)
     eval_batch_size: Optional[int] = None

@@ -31,7 +31,8 @@ import torch
 from facefuse.errors import ConfigError
 from facefuse.data._io import atomic_write
 from facefuse.data import get_dataset
-from facefuse.features.dataset import BackbonePair, load_eval_sets, load_train_set
+from facefuse.features.dataset import (BackbonePair, load_eval_sets, load_train_set,
+                                       subset_train_set)
 from facefuse.model import FusionConfig, FusionModel
 from facefuse.tracking.schema import PART_SELECTION, flat_config, metric_key, part_key
 from facefuse.train.context import TrialContext
@@ -218,6 +219,10 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
     # trials never extract: the sweep driver filled the store, a missing entry fails at once
     train_set = load_train_set(ctx.train_dataset, data_root, backbones, cache, build=False,
                                progress=False, flips=tcfg.flip_augment)
+    if tcfg.train_subset_identities:
+        train_set = subset_train_set(train_set, int(tcfg.train_subset_identities),
+                                     int(tcfg.train_subset_per_identity or 1),
+                                     int(tcfg.train_subset_seed or 0))
     eval_sets = load_eval_sets(ctx.eval_datasets, data_root, backbones, cache, build=False,
                                progress=False)
     torch.manual_seed(tcfg.seed)

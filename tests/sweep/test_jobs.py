@@ -261,3 +261,43 @@ def test_validation_sets_join_the_trial_context(tmp_path: Path) -> None:
     assert ctx["eval_datasets"] == ["synth_lfw", "synth_ijbc", "synth_ijbb"]
     assert ctx["objective"] == {"quality": "all", "validation": ["synth_ijbb"]}
     assert job.identity_hash() != parse_job(_raw(tmp_path)).identity_hash()
+
+
+def test_train_subset_and_flips_are_params_of_every_trial(tmp_path: Path) -> None:
+    from facefuse.tracking.writer import safe_params
+
+    raw = _raw(tmp_path)
+    raw["data"]["train_subset"] = {"identities": 10, "per_identity": 4, "seed": 3}
+    cfg = fixed_config(parse_job(raw, "j.yaml"))
+    params = safe_params(cfg)  # what the writer logs for each trial run
+    assert params["train_subset_identities"] == "10" and params["train_subset_per_identity"] == "4"
+    assert params["train_subset_seed"] == "3" and params["flip_augment"] == "True"
+    # the synthetic suite keeps mirrored train maps (the quickstart's numbers); real data does not
+    raw["data"]["train"] = "ms1mv2"
+    assert fixed_config(parse_job(raw, "j.yaml"))["flip_augment"] is False
+    raw["params"] = {"flip_augment": True}
+    assert fixed_config(parse_job(raw, "j.yaml"))["flip_augment"] is True
+    del raw["data"]["train_subset"]
+    assert fixed_config(parse_job(raw, "j.yaml"))["train_subset_identities"] is None
+
+
+@pytest.mark.parametrize("subset,field", [
+    ({"identities": 0, "per_identity": 4}, "data.train_subset.identities"),
+    ({"identities": 5}, "data.train_subset.per_identity"),
+    ({"identities": 5, "per_identity": 4, "seeds": 1}, "data.train_subset.seeds"),
+    ({"identities": 5.5, "per_identity": 4}, "data.train_subset.identities"),
+    ("10x4", "data.train_subset"),
+])
+def test_bad_train_subset_names_the_key(tmp_path: Path, subset, field) -> None:
+    raw = _raw(tmp_path)
+    raw["data"]["train_subset"] = subset
+    with pytest.raises(ConfigError) as err:
+        parse_job(raw, "j.yaml")
+    assert err.value.field == field and "j.yaml" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_train_subset_params_are_reserved(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_job(_raw(tmp_path, params={"train_subset_seed": 1}), "j.yaml")
+    assert err.value.field == "params.train_subset_seed" and "data.train_subset" in str(err.value)
