@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from facefuse.errors import ConfigError, FacefuseError
 from facefuse.features.dataset import EvalSet, TrainSet
+from facefuse.features.store import prefetch
 from facefuse.train.evaluate import evaluate
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class TrainConfig:
     # sample at batch 32 than at 512 (cache-sized working set; benchmarks/README.md)
     eval_batch_size: Optional[int] = None
     max_steps_per_epoch: Optional[int] = None
+    # batches gathered ahead in a background thread (0: inline); the batches are the same
+    prefetch_batches: int = 2
     # Test hook, ignored unless set: fault tests need epochs slow enough to kill a worker inside one.
     _test_sleep_per_step_s: float = 0.0
 
@@ -149,9 +152,9 @@ def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _batch(train: TrainSet, idx: np.ndarray, flips: np.ndarray,
-           device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (A maps, B maps, labels) for a batch, taking mirrored maps where flips is set."""
+def _gather(train: TrainSet, idx: np.ndarray,
+            flips: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (A maps, B maps, labels) of a batch as arrays, mirrored maps where flips is set."""
     order = np.argsort(idx, kind="stable")  # sorted reads are kinder to memory-mapped files
     idx, flips = idx[order], flips[order]
     a = np.empty((len(idx),) + tuple(train.maps.a.shape[1:]), dtype=np.float16)
@@ -161,9 +164,15 @@ def _batch(train: TrainSet, idx: np.ndarray, flips: np.ndarray,
         if mask.any():
             a[mask] = src_a[idx[mask]]
             b[mask] = src_b[idx[mask]]
-    labels = torch.from_numpy(train.labels[idx])
+    return a, b, train.labels[idx]
+
+
+def _to_device(batch: tuple[np.ndarray, np.ndarray, np.ndarray],
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns a gathered batch as float32 map tensors and int64 labels on ``device``."""
+    a, b, labels = batch
     return (torch.from_numpy(a).to(device, torch.float32), torch.from_numpy(b).to(device, torch.float32),
-            labels.to(device))
+            torch.from_numpy(labels).to(device))
 
 
 def _rng_states(device: torch.device) -> dict[str, torch.Tensor]:
@@ -263,64 +272,69 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
             lr = float(mid.partial.get("lr", cfg.lr))
             mid = None
         epoch_start = time.perf_counter()
-        for step in range(first_step, steps_per_epoch):
-            t0 = time.perf_counter()
-            sl = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
-            a, b, labels = _batch(train_set, perm[sl], flips[sl], device)
-            t1 = time.perf_counter()
-            lr = _lr_at(cfg, epoch * steps_per_epoch + step, total_steps, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            out = net(a, b, labels)
-            loss = out.loss
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1} "
-                    f"(ce={out.ce.item():.4g}, kl={out.kl.item():.4g}, lr={lr:.3g}); lower the "
-                    "learning rate or beta")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if cfg._test_sleep_per_step_s:
-                time.sleep(float(cfg._test_sleep_per_step_s))
-            t2 = time.perf_counter()
-            t_data += t1 - t0
-            t_model += t2 - t1
-            bs = len(labels)
-            loss_sum += loss.item() * bs
-            ce_sum += out.ce.item() * bs
-            kl_sum += out.kl.item() * bs
-            if out.logits is not None:
-                correct += (out.logits.argmax(1) == labels).sum().item()
-            seen += bs
-            steps_since_ckpt += 1
-            if sc is not None and step + 1 < steps_per_epoch:  # the epoch end checkpoints anyway
-                due = bool(sc.every_steps and steps_since_ckpt >= sc.every_steps)
-                due = due or bool(sc.every_s and time.perf_counter() - last_ckpt_t >= sc.every_s)
-                if sc.preempted is not None and (epoch * steps_per_epoch + step + 1) \
-                        % PREEMPTION_CHECK_STEPS == 0 and sc.preempted():
-                    logger.warning("preemption notice at epoch %d step %d: checkpointing now",
-                                   epoch + 1, step + 1)
-                    due = True
-                # Time differs between ranks: they agree first, as the gather below needs all.
-                if _agree(due, distributed, device):
-                    rngs = [_rng_states(device)]
-                    if distributed:
-                        gathered: list[Any] = [None] * world
-                        dist.all_gather_object(gathered, rngs[0])
-                        rngs = gathered
-                    if rank == 0:
-                        sums = dict(zip(_SUMS, (loss_sum, ce_sum, kl_sum, correct, seen,
-                                                t_data, t_model)))
-                        sc.save(EpochState(
-                            epoch, {k: v.detach().cpu().clone()
-                                    for k, v in model.state_dict().items()},
-                            copy.deepcopy(optimizer.state_dict()), best, list(history),
-                            step=step + 1, partial={"sums": sums, "rng": rngs, "lr": lr}))
-                    steps_since_ckpt = 0
-                    last_ckpt_t = time.perf_counter()
+        plan = [(perm[sl], flips[sl]) for sl in (slice(s * cfg.batch_size, (s + 1) * cfg.batch_size)
+                                                 for s in range(first_step, steps_per_epoch))]
+        batches = prefetch(lambda item: _gather(train_set, *item), plan, int(cfg.prefetch_batches))
+        try:
+            for step in range(first_step, steps_per_epoch):
+                t0 = time.perf_counter()
+                a, b, labels = _to_device(next(batches), device)
+                t1 = time.perf_counter()
+                lr = _lr_at(cfg, epoch * steps_per_epoch + step, total_steps, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                out = net(a, b, labels)
+                loss = out.loss
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1} "
+                        f"(ce={out.ce.item():.4g}, kl={out.kl.item():.4g}, lr={lr:.3g}); lower the "
+                        "learning rate or beta")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                optimizer.step()
+                if cfg._test_sleep_per_step_s:
+                    time.sleep(float(cfg._test_sleep_per_step_s))
+                t2 = time.perf_counter()
+                t_data += t1 - t0
+                t_model += t2 - t1
+                bs = len(labels)
+                loss_sum += loss.item() * bs
+                ce_sum += out.ce.item() * bs
+                kl_sum += out.kl.item() * bs
+                if out.logits is not None:
+                    correct += (out.logits.argmax(1) == labels).sum().item()
+                seen += bs
+                steps_since_ckpt += 1
+                if sc is not None and step + 1 < steps_per_epoch:  # the epoch end checkpoints anyway
+                    due = bool(sc.every_steps and steps_since_ckpt >= sc.every_steps)
+                    due = due or bool(sc.every_s and time.perf_counter() - last_ckpt_t >= sc.every_s)
+                    if sc.preempted is not None and (epoch * steps_per_epoch + step + 1) \
+                            % PREEMPTION_CHECK_STEPS == 0 and sc.preempted():
+                        logger.warning("preemption notice at epoch %d step %d: checkpointing now",
+                                       epoch + 1, step + 1)
+                        due = True
+                    # Time differs between ranks: they agree first, as the gather below needs all.
+                    if _agree(due, distributed, device):
+                        rngs = [_rng_states(device)]
+                        if distributed:
+                            gathered: list[Any] = [None] * world
+                            dist.all_gather_object(gathered, rngs[0])
+                            rngs = gathered
+                        if rank == 0:
+                            sums = dict(zip(_SUMS, (loss_sum, ce_sum, kl_sum, correct, seen,
+                                                    t_data, t_model)))
+                            sc.save(EpochState(
+                                epoch, {k: v.detach().cpu().clone()
+                                        for k, v in model.state_dict().items()},
+                                copy.deepcopy(optimizer.state_dict()), best, list(history),
+                                step=step + 1, partial={"sums": sums, "rng": rngs, "lr": lr}))
+                        steps_since_ckpt = 0
+                        last_ckpt_t = time.perf_counter()
+        finally:
+            batches.close()  # stops the prefetch thread, also when a step raises
         train_seconds = time.perf_counter() - epoch_start
         metrics: dict[str, float] = {
             "epoch": float(epoch + 1),

@@ -157,3 +157,65 @@ def test_mid_epoch_resume_under_ddp_matches(tmp_path) -> None:
     hist = json.loads((tmp_path / "histories.json").read_text())
     full, resumed = hist[:2], hist[2:]
     assert len(resumed) == 2 and resumed == full
+
+
+def _sharded(ts: TrainSet, tmp_path) -> TrainSet:
+    """The same train set read from memory-mapped .npy shards, as a store's reader gives it."""
+    from facefuse.features.store import ShardedMaps
+
+    arrays = []
+    for name in ("a", "b", "a_flip", "b_flip"):
+        full = getattr(ts.maps, name)
+        shards = []
+        for i, start in enumerate(range(0, len(full), 50)):
+            path = tmp_path / f"{name}-{i}.npy"
+            np.save(path, full[start:start + 50])
+            shards.append(np.load(path, mmap_mode="r"))
+        arrays.append(ShardedMaps(shards, 50))
+    return TrainSet(ts.name, PairMaps(*arrays), ts.labels, ts.num_classes)
+
+
+def test_prefetch_gives_exactly_the_same_batches_and_metrics(tmp_path) -> None:
+    from facefuse.features.store import prefetch
+    from facefuse.train.loop import _gather
+
+    torch.set_num_threads(1)
+    ts = _sharded(_toy_train_set(), tmp_path)
+    rng = np.random.default_rng(4)
+    perm, flips = rng.permutation(len(ts.labels)), rng.random(len(ts.labels)) < 0.5
+    slices = [slice(s, s + 24) for s in range(0, len(perm), 24)]
+    inline = list(prefetch(lambda sl: _gather(ts, perm[sl], flips[sl]), slices, depth=0))
+    ahead = list(prefetch(lambda sl: _gather(ts, perm[sl], flips[sl]), slices, depth=3))
+    assert len(inline) == len(ahead) == len(slices)
+    for x, y in zip(inline, ahead):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+
+    cfg = dict(epochs=2, batch_size=32, lr=3e-3, seed=1, warmup_epochs=0.0)
+    off = train(TrainConfig(**cfg, prefetch_batches=0), _model(ts), ts, [])
+    on = train(TrainConfig(**cfg, prefetch_batches=3), _model(ts), ts, [])
+    for h0, h1 in zip(off, on):
+        assert {k: v for k, v in h0.items() if not k.startswith("time/")} == \
+            {k: v for k, v in h1.items() if not k.startswith("time/")}
+
+
+def test_prefetch_raises_a_read_error_at_its_batch_and_stops_its_thread() -> None:
+    import threading
+
+    from facefuse.features.store import prefetch
+
+    def fetch(i: int) -> int:
+        if i == 3:
+            raise OSError("shard gone")
+        return i * 10
+
+    got = []
+    with pytest.raises(OSError, match="shard gone"):
+        for v in prefetch(fetch, range(6), depth=2):
+            got.append(v)
+    assert got == [0, 10, 20]
+    # a consumer that stops early (a step raised) closes the iterator: no thread is left behind
+    it = prefetch(fetch, range(3), depth=1)
+    next(it)
+    it.close()
+    assert not any(t.name == "facefuse-prefetch" for t in threading.enumerate())
