@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import struct
 import subprocess
@@ -59,12 +60,14 @@ class Env:
         shutil.copyfile(target, path)
         return path
 
-    def fill_cache(self, dataset: str, arcface: Optional[Path] = None) -> Callable[[], Any]:
-        """Returns the operation `platform.prepare` runs for one dataset: fill its cache entries."""
+    def fill_cache(self, dataset: str, arcface: Optional[Path] = None,
+                   store: Optional[str] = None, build: bool = True) -> Callable[[], Any]:
+        """Returns the operation `platform.prepare` runs for one dataset: fill its store entries
+        (``build=False``: what a trial does, read them)."""
         from facefuse.features.dataset import BackbonePair, dataset_maps
 
         pair = BackbonePair(arcface or self.world["arcface"], self.world["adaface"])
-        return lambda: dataset_maps(dataset, self.data, pair, self.cache, build=True,
+        return lambda: dataset_maps(dataset, self.data, pair, store or self.cache, build=build,
                                     progress=False)
 
     def job(self, **over: Any) -> Path:
@@ -101,7 +104,8 @@ class Expect:
     """What a case runs and what its error must say."""
 
     op: Callable[[], Any]
-    file: Optional[Path]  # the path the message must name (None: in-memory arrays)
+    file: Optional[Path | str]  # the path the message must name (None: in-memory arrays; a str:
+    # a URI the message starts with)
     field: str  # must appear as "[field...]"
     text: str  # a phrase of the message
     error: type = DataFormatError
@@ -293,6 +297,99 @@ def space_empty_range(env: Env) -> Expect:
                   "empty range: low=0.1 >= high=0.001", FacefuseError)
 
 
+# ---- feature stores: s3:// on a real S3-compatible server (moto) on loopback, and local
+_MOTO: dict[str, Any] = {}
+
+
+def _moto() -> str:
+    """Returns the URL of this process's moto server (started once, stopped at exit)."""
+    if "url" not in _MOTO:
+        import atexit
+        import socket
+
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        atexit.register(server.stop)
+        _MOTO["url"] = f"http://127.0.0.1:{port}"
+    return _MOTO["url"]
+
+
+def _with_env(op: Callable[[], Any], **env: Optional[str]) -> Callable[[], Any]:
+    """Returns ``op`` run with the AWS environment ``env`` (None: unset), restored after."""
+    def run() -> Any:
+        saved = {k: os.environ.get(k) for k in env}
+        try:
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            return op()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return run
+
+
+_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+         "AWS_DEFAULT_REGION": "us-east-1", "AWS_PROFILE": None}
+
+
+def store_unreachable(env: Env) -> Expect:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = "s3://features/facefuse"
+    op = _with_env(env.fill_cache("synth_lfw", store=uri), **_KEYS,
+                   AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    return Expect(op, uri, "endpoint", "is unreachable")
+
+
+def store_missing_bucket(env: Env) -> Expect:
+    uri = "s3://no-such-bucket/features"
+    op = _with_env(env.fill_cache("synth_lfw", store=uri), **_KEYS, AWS_ENDPOINT_URL=_moto())
+    return Expect(op, uri, "bucket", "bucket 'no-such-bucket' does not exist")
+
+
+def store_missing_credentials(env: Env) -> Expect:
+    uri = "s3://features/facefuse"
+    op = _with_env(env.fill_cache("synth_lfw", store=uri), AWS_ACCESS_KEY_ID=None,
+                   AWS_SECRET_ACCESS_KEY=None, AWS_SESSION_TOKEN=None, AWS_PROFILE=None,
+                   AWS_SHARED_CREDENTIALS_FILE=str(env.tmp / "no-credentials"),
+                   AWS_CONFIG_FILE=str(env.tmp / "no-config"), AWS_ENDPOINT_URL=_moto())
+    return Expect(op, uri, "credentials", "no AWS credentials")
+
+
+def store_shard_gone(env: Env) -> Expect:
+    env.fill_cache("synth_lfw")()  # a complete entry, as `prepare features` leaves it
+    shard = sorted(env.cache.rglob("shard-00000.npy"))[0]
+    shard.unlink()  # the manifest still names it
+    return Expect(env.fill_cache("synth_lfw", build=False), env.cache, "synth_lfw",
+                  "no complete feature entry for dataset synth_lfw")
+
+
+def store_missing_entry(env: Env) -> Expect:
+    return Expect(env.fill_cache("synth_lfw", build=False), env.cache, "synth_lfw",
+                  "no complete feature entry for dataset synth_lfw")
+
+
+def ijb_name_climbs_out(env: Env) -> Expect:
+    path = env.own(f"{IJBB_META}/synth_ijbb_face_tid_mid.txt")
+    _edit_line(path, 3, lambda f: ["../../outside.jpg", *f[1:]])
+    return Expect(env.fill_cache("synth_ijbb"), path, "line 3, image_name",
+                  "is absolute or leaves loose_crop/")
+
+
 CASES = [
     Case("bin_truncated", "verification .bin cut in half", bin_truncated),
     Case("bin_corrupt_image", ".bin whose 4th encoded image is garbage", bin_corrupt_image),
@@ -322,6 +419,18 @@ CASES = [
     Case("job_unknown_param", "job file params naming no setting (params.betta)",
          job_unknown_param),
     Case("space_empty_range", "search space with an empty range (low > high)", space_empty_range),
+    Case("store_unreachable", "feature store `s3://...` whose endpoint does not answer",
+         store_unreachable),
+    Case("store_missing_bucket", "feature store in a bucket that does not exist",
+         store_missing_bucket),
+    Case("store_missing_credentials", "feature store `s3://...` with no AWS credentials",
+         store_missing_credentials),
+    Case("store_shard_gone", "feature store whose manifest names a shard that is gone (trial read)",
+         store_shard_gone),
+    Case("store_missing_entry", "feature store without the job's entries (trial read)",
+         store_missing_entry),
+    Case("ijb_name_climbs_out", "IJB image name climbing out of loose_crop/ with `..`",
+         ijb_name_climbs_out),
 ]
 
 
@@ -349,7 +458,9 @@ def test_bad_input_gives_one_clear_message(case: Case, tmp_path: Path,
     exc, expect = run_case(case, tmp_path, world)
     assert isinstance(exc, expect.error), f"{type(exc).__name__}: {exc}"
     msg = str(exc)
-    if expect.file is not None:
+    if isinstance(expect.file, str):
+        assert msg.startswith(expect.file), msg  # names the store's URI first
+    elif expect.file is not None:
         assert msg.startswith(f"{expect.file}:"), msg  # names the file first
     assert f"[{expect.field}" in msg, msg  # and the field
     assert expect.text in msg, msg
@@ -512,6 +623,8 @@ def write_troubleshooting(out: Path) -> None:
         what, _, fix = line.partition(" -- ")
         rows.append(("`best_beta` with no tracking store", _short(what), fix))
         rows += [(w, _short(m), f) for w, m, f in selection_lines(base)]
+    # ports of the loopback S3 servers change from run to run
+    rows = [tuple(re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", c) for c in r) for r in rows]
     lines = [
         "<!-- generated by `python -m tests.test_bad_input docs/troubleshooting.md`; "
         "tests/test_bad_input.py checks every row -->",
