@@ -89,8 +89,7 @@ def check_features(job) -> None:
             for key in per:
                 if not store.has(key, count, manifest):
                     raise missing_entry_error(work.name, store.root,
-                                              f"{'flip' if key.flip else 'orig'}, checkpoint "
-                                              f"{key.checkpoint_hash[:12]}")
+                                              store.describe_missing(key, count))
 
 
 def extract_features(job, use_ray: bool = True, shard_size: Optional[int] = None,

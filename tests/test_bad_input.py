@@ -375,12 +375,12 @@ def store_shard_gone(env: Env) -> Expect:
     shard = sorted(env.cache.rglob("shard-00000.npy"))[0]
     shard.unlink()  # the manifest still names it
     return Expect(env.fill_cache("synth_lfw", build=False), env.cache, "synth_lfw",
-                  "no complete feature entry for dataset synth_lfw")
+                  "shard 0 of 1 recorded but gone or incomplete")
 
 
 def store_missing_entry(env: Env) -> Expect:
     return Expect(env.fill_cache("synth_lfw", build=False), env.cache, "synth_lfw",
-                  "no complete feature entry for dataset synth_lfw")
+                  "no complete feature entry for dataset synth_lfw (orig, checkpoint")
 
 
 def ijb_name_climbs_out(env: Env) -> Expect:

@@ -204,8 +204,7 @@ def dataset_maps(name: str, data_root: Path, backbones: BackbonePair,
     if any(m is None for per in got for m in per):
         missing = next(k for per, ms in zip(keys, got) for k, m in zip(per, ms) if m is None)
         if not build:
-            raise missing_entry_error(name, store.root, f"{'flip' if missing.flip else 'orig'}, "
-                                      f"checkpoint {missing.checkpoint_hash[:12]}")
+            raise missing_entry_error(name, store.root, store.describe_missing(missing, count))
         extract(store, data_root, checkpoints, [DatasetWork(name, flips)], use_ray=False,
                 batch_size=batch_size)
         got = [[store.maps(k, count) for k in per] for per in keys]

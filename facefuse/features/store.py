@@ -224,13 +224,34 @@ class ShardStore:
     def has(self, key: CacheKey, count: int, manifest: Optional[dict[str, Any]] = None) -> bool:
         """Returns whether every shard of an entry is recorded and present."""
         manifest = manifest or self.read_manifest(key.dataset, key.content)
-        if manifest.get("count") not in (None, count):
+        if not manifest.get("shard_size") or manifest.get("count") not in (None, count):
             return False
-        shard_size = manifest.get("shard_size")
-        if not shard_size:
-            return False
-        need = set(range(len(self.plan(count, shard_size))))
-        return need <= self.complete_shards(manifest, key)
+        return not self.missing_shards(key, count, manifest)
+
+    def missing_shards(self, key: CacheKey, count: int,
+                       manifest: Optional[dict[str, Any]] = None) -> list[int]:
+        """Returns the shards of an entry that are not recorded, gone or incomplete (all when the
+        manifest is missing or counts other images)."""
+        manifest = manifest or self.read_manifest(key.dataset, key.content)
+        shard_size = manifest.get("shard_size") or DEFAULT_SHARD_SIZE
+        need = range(len(self.plan(count, shard_size)))
+        if manifest.get("count") not in (None, count) or not manifest.get("shard_size"):
+            return list(need)
+        complete = self.complete_shards(manifest, key)
+        return [i for i in need if i not in complete]
+
+    def describe_missing(self, key: CacheKey, count: int) -> str:
+        """Returns what of an entry the store lacks, for the missing-entry error, e.g.
+        "flip, checkpoint 1b6f2d356188: shard 0 of 1 recorded but gone or incomplete"."""
+        manifest = self.read_manifest(key.dataset, key.content)
+        lost = self.missing_shards(key, count, manifest)
+        total = len(self.plan(count, manifest.get("shard_size") or DEFAULT_SHARD_SIZE))
+        recorded = {int(i) for i in manifest.get("entries", {}).get(key.stem(), {}).get("shards", {})}
+        gone = [i for i in lost if i in recorded]
+        what = (f"shard{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone[:5]))}"
+                f"{' ...' if len(gone) > 5 else ''} of {total} recorded but gone or incomplete"
+                if gone else "not extracted")
+        return f"{'flip' if key.flip else 'orig'}, checkpoint {key.checkpoint_hash[:12]}: {what}"
 
     def maps(self, key: CacheKey, count: int) -> Optional[ShardedMaps]:
         """Returns an entry's maps (staged when remote, memory-mapped), or None when incomplete."""
