@@ -1,10 +1,10 @@
-"""Feature-map extraction and the cache every trial reads."""
+"""Feature-map extraction and the sharded store every trial reads."""
 
-from facefuse.features.cache import CacheKey, FeatureCache
 from facefuse.features.extract import PREPROCESSING, ImageSource, extract_maps, image_source, to_input
 from facefuse.features.dataset import (BackbonePair, EvalSet, LiveMaps, PairMaps, TrainSet,
                                        dataset_maps, load_eval_sets, load_train_set)
+from facefuse.features.store import CacheKey, ShardStore
 
-__all__ = ["CacheKey", "FeatureCache", "PREPROCESSING", "ImageSource", "extract_maps",
+__all__ = ["CacheKey", "ShardStore", "PREPROCESSING", "ImageSource", "extract_maps",
            "image_source", "to_input", "BackbonePair", "EvalSet", "LiveMaps", "PairMaps",
            "TrainSet", "dataset_maps", "load_eval_sets", "load_train_set"]

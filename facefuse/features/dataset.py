@@ -1,7 +1,8 @@
 """Feature maps plus protocol metadata for a job's train and evaluation sets.
 
-The training loop sees only this module's objects. Maps come either from the cache (memory-mapped
-float16) or from backbones run on the fly; both index the same way, so the loop cannot tell.
+The training loop sees only this module's objects. Maps come either from the feature store
+(memory-mapped float16) or from backbones run on the fly; both index the same way, so the loop
+cannot tell.
 """
 
 from __future__ import annotations

@@ -22,9 +22,8 @@ import torch
 from facefuse import storage
 from facefuse.data.fingerprint import content_fingerprint
 from facefuse.errors import StorageError
-from facefuse.features.cache import CacheKey
 from facefuse.features.extract import PREPROCESSING, extract_maps, image_source
-from facefuse.features.store import DEFAULT_SHARD_SIZE, ShardStore
+from facefuse.features.store import DEFAULT_SHARD_SIZE, CacheKey, ShardStore
 
 logger = logging.getLogger(__name__)
 

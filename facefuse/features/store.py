@@ -34,7 +34,7 @@ import os
 import queue
 import tempfile
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
@@ -43,7 +43,7 @@ import numpy as np
 from facefuse import storage
 from facefuse.data._io import atomic_write
 from facefuse.errors import DataFormatError
-from facefuse.features.cache import CacheKey
+from facefuse.features.extract import PREPROCESSING
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,25 @@ DEFAULT_SHARD_SIZE = 4096
 STAGE_DIR_ENV = "FACEFUSE_STAGE_DIR"
 STAGE_LIMIT_ENV = "FACEFUSE_STAGE_LIMIT_BYTES"
 DEFAULT_STAGE_LIMIT = 200 * 10**9  # node-local bytes of staged shards before LRU eviction
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a store entry depends on: change any field and the entry is a different one."""
+
+    checkpoint_hash: str
+    dataset: str
+    preprocessing: str = PREPROCESSING
+    flip: bool = False
+    #: the dataset's content fingerprint (facefuse.data.fingerprint): the name alone would let a
+    #: dataset rebuilt under the same name read the old maps
+    content: str = ""
+
+    def stem(self) -> str:
+        """Returns the entry's folder name inside its dataset generation's folder."""
+        side = "flip" if self.flip else "orig"
+        content = f"_{self.content[:16]}" if self.content else ""
+        return f"{self.checkpoint_hash[:16]}{content}_{self.preprocessing}_{side}"
 
 
 T = TypeVar("T")
