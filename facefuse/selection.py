@@ -198,6 +198,19 @@ def _history_values(client: "MlflowClient", run_id: str, key: str) -> list[tuple
     return sorted((step, v) for step, (_, v) in by_step.items())
 
 
+def _usable_beta(run: "Run", metric_key: str, variants: Sequence[str]) -> Optional[float]:
+    """Returns the run's beta when it is a trial of one of ``variants`` that logged the metric
+    and has a finite positive beta, else None."""
+    variant = run_variant(run)
+    if (variant and variant not in variants) or metric_key not in run.data.metrics:
+        return None
+    try:
+        beta = float(run_params(run).get("beta", "nan"))
+    except ValueError:
+        return None
+    return beta if math.isfinite(beta) and beta > 0 else None
+
+
 def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
                    epoch_policy: str = "last_common",
                    variants: Sequence[str] = ("full",), sweep_id: Optional[str] = None
@@ -214,18 +227,9 @@ def collect_trials(client: "MlflowClient", ids: dict[str, str], metric_key: str,
     runs = search_all_runs(client, ids, trial_filter(sweep_id))
     candidates = []
     for run in runs:
-        variant = run_variant(run)
-        if variant and variant not in variants:
-            continue
-        if metric_key not in run.data.metrics:
-            continue
-        try:
-            beta = float(run_params(run).get("beta", "nan"))
-        except ValueError:
-            continue
-        if not (math.isfinite(beta) and beta > 0):
-            continue
-        candidates.append((run, beta))
+        beta = _usable_beta(run, metric_key, variants)
+        if beta is not None:
+            candidates.append((run, beta))
     full_only = any(S.is_true(r.data.tags.get(S.TAG_FULL_BUDGET)) for r, _ in candidates)
     if full_only:
         candidates = [(r, b) for r, b in candidates
@@ -298,14 +302,8 @@ def collect_curves(client: "MlflowClient", ids: dict[str, str], metric_key: str,
     by_id: dict[str, Run] = {}
     budget: Optional[int] = None
     for run in runs:
-        variant = run_variant(run)
-        if (variant and variant not in variants) or metric_key not in run.data.metrics:
-            continue
-        try:
-            beta = float(run_params(run).get("beta", "nan"))
-        except ValueError:
-            continue
-        if not (math.isfinite(beta) and beta > 0):
+        beta = _usable_beta(run, metric_key, variants)
+        if beta is None:
             continue
         hist = _history_values(client, run.info.run_id, metric_key)
         if not hist:
