@@ -339,17 +339,16 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
         artifact_location=(job.tracking.artifact_location
                            or _artifact_location(job.tracking.uri or "", job.experiment_name)),
         flush_timeout_s=flush_timeout_s, searched_params=searched_params,
-        trial_inputs=_trial_inputs(job, state_dir), summary_handler=summary_handler,
+        trial_inputs=_trial_inputs(job), summary_handler=summary_handler,
         roc_plot=roc_plot, confirmation=confirmation, end_tags=end_tags)
 
 
-def _trial_inputs(job: JobSpec, state_dir: Path) -> list[dict[str, str]]:
+def _trial_inputs(job: JobSpec) -> list[dict[str, str]]:
     """Returns the job's datasets as MLflow dataset inputs (plain dicts), fingerprinted once."""
     from facefuse.tracking.inputs import refs_to_json, sweep_datasets
 
     refs = sweep_datasets(str(job.data.root), job.data.train, list(job.data.eval),
-                          trial_context(job).get("objective") or {},
-                          cache_file=state_dir / "dataset_digests.json")
+                          trial_context(job).get("objective") or {})
     return refs_to_json(refs)
 
 

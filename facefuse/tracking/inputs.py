@@ -10,25 +10,17 @@ logs them to one run; MLflow stores each dataset once per experiment and links i
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 
-#: Files up to this size are hashed whole; larger ones (RecordIO train sets run to tens of GB)
-#: by SAMPLE_CHUNKS evenly spaced chunks plus their size, so a sweep does not read them in full.
-WHOLE_FILE_BYTES = 64 << 20
-SAMPLE_CHUNKS = 16
-CHUNK_BYTES = 1 << 20
-SAMPLE_FILES = 4096
 DIGEST_CHARS = 16  # MLflow caps dataset digests at 36 characters
 CONTEXTS = ("train", "selection", "test")
 
@@ -43,43 +35,6 @@ class DatasetRef:
     context: str
     quality: str
     kind: str
-
-
-def _hash_file(path: Path, h: "hashlib._Hash") -> None:
-    size = path.stat().st_size
-    h.update(f"{size}:".encode())
-    with open(path, "rb") as fh:
-        if size <= WHOLE_FILE_BYTES:
-            for chunk in iter(lambda: fh.read(CHUNK_BYTES), b""):
-                h.update(chunk)
-            return
-        step = (size - CHUNK_BYTES) // (SAMPLE_CHUNKS - 1)
-        for i in range(SAMPLE_CHUNKS):
-            fh.seek(i * step)
-            h.update(fh.read(CHUNK_BYTES))
-
-
-def content_fingerprint(path: Path) -> str:
-    """Returns a digest of a file's or folder's contents (relative names, sizes and bytes).
-
-    Copies of a dataset get the same digest wherever they live (no paths or mtimes enter it);
-    files over WHOLE_FILE_BYTES contribute sampled chunks, and folders of more than SAMPLE_FILES
-    files the bytes of a sample of them (all names and sizes count), so a sweep never reads a
-    large benchmark in full.
-    """
-    h = hashlib.sha256()
-    if path.is_dir():
-        files = sorted(q for q in path.rglob("*") if q.is_file())
-        # IJB-C holds ~470k loose crops: every name and size enters the digest, the bytes of an
-        # evenly spaced sample of at most SAMPLE_FILES of them
-        step = max(1, math.ceil(len(files) / SAMPLE_FILES))
-        for i, p in enumerate(files):
-            h.update(f"{p.relative_to(path)}\0{p.stat().st_size}\0".encode())
-            if i % step == 0:
-                _hash_file(p, h)
-    else:
-        _hash_file(path, h)
-    return h.hexdigest()[:DIGEST_CHARS]
 
 
 def dataset_context(name: str, train: str, objective: dict[str, Any],
@@ -98,22 +53,16 @@ def dataset_context(name: str, train: str, objective: dict[str, Any],
 
 
 def sweep_datasets(data_root: str, train: str, eval_datasets: Sequence[str],
-                   objective: dict[str, Any], cache_file: Optional[Path] = None
-                   ) -> list[DatasetRef]:
+                   objective: dict[str, Any]) -> list[DatasetRef]:
     """Returns the datasets of a sweep's trials with their digests, sources and contexts.
 
-    ``cache_file`` keeps digests between runs of the same sweep, keyed by path, size and mtime
-    of every file, so a resume does not hash the data again.
+    The digest is the dataset's content fingerprint (facefuse.data.fingerprint), the same one
+    that keys its feature-store entries, so a run input and the maps a trial read always agree.
     """
     from facefuse.data import dataset_path, get_dataset
+    from facefuse.data.fingerprint import content_fingerprint
     from facefuse.errors import FacefuseError
 
-    cache: dict[str, Any] = {}
-    if cache_file is not None and cache_file.exists():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            cache = {}
     out: list[DatasetRef] = []
     for name in [train, *[d for d in eval_datasets if d != train]]:
         spec = get_dataset(name)
@@ -130,18 +79,9 @@ def sweep_datasets(data_root: str, train: str, eval_datasets: Sequence[str],
                 logger.warning("dataset %s not logged as a run input: %s", name, exc)
                 continue
             source = str(path)
-            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-            stamp = hashlib.sha256("".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                                           for p in files).encode()).hexdigest()
-            digest = cache.get(stamp) or content_fingerprint(path)
-            cache[stamp] = digest
+            digest = content_fingerprint(name, data_root)[:DIGEST_CHARS]
         out.append(DatasetRef(name=name, digest=digest, source=source, context=context,
                               quality=spec.quality, kind=spec.kind))
-    if cache_file is not None:
-        from facefuse.data._io import atomic_write
-
-        with atomic_write(cache_file, "w") as fh:
-            fh.write(json.dumps(cache, indent=1, sort_keys=True))
     return out
 
 

@@ -137,12 +137,12 @@ def test_optuna_study_is_in_the_database_with_every_trial(sweep) -> None:
 
 def test_benchmarks_are_dataset_inputs_of_every_trial(sweep) -> None:
     from facefuse.data import dataset_path
-    from facefuse.tracking.inputs import content_fingerprint
+    from facefuse.data.fingerprint import content_fingerprint
 
     tmp, job, result, _ = sweep
     client = _client(tmp)
     runs = _trial_runs(tmp, result)
-    expected = {name: content_fingerprint(dataset_path(name, job.data.root))
+    expected = {name: content_fingerprint(name, job.data.root)
                 for name in ("synth_train", "synth_lfw", "synth_ijbc")}
     for run in runs:
         inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
@@ -156,7 +156,8 @@ def test_benchmarks_are_dataset_inputs_of_every_trial(sweep) -> None:
 
 
 def test_dataset_context_and_fingerprint(tmp_path: Path) -> None:
-    from facefuse.tracking.inputs import content_fingerprint, dataset_context
+    from facefuse.data.fingerprint import content_fingerprint
+    from facefuse.tracking.inputs import dataset_context
 
     ev = ["synth_lfw", "synth_ijbb", "synth_ijbc"]
     assert dataset_context("synth_ijbc", "synth_train", {"dataset": "synth_ijbc"}, ev) == \
@@ -166,11 +167,12 @@ def test_dataset_context_and_fingerprint(tmp_path: Path) -> None:
     assert dataset_context("synth_train", "synth_train", {"quality": "low"}, ev) == "train"
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
-        (d / "meta").mkdir(parents=True)
-        (d / "meta" / "x.txt").write_text("1 2 3\n")
-    assert content_fingerprint(a) == content_fingerprint(b)  # copies: same digest
-    (b / "meta" / "x.txt").write_text("1 2 4\n")
-    assert content_fingerprint(a) != content_fingerprint(b)  # one byte differs
+        (d / "faces_synth").mkdir(parents=True)
+        (d / "faces_synth" / "synth_lfw.bin").write_bytes(b"1 2 3\n")
+    fp = content_fingerprint
+    assert fp("synth_lfw", a) == fp("synth_lfw", b)  # copies: same digest
+    (b / "faces_synth" / "synth_lfw.bin").write_bytes(b"1 2 4\n")
+    assert fp("synth_lfw", a) != fp("synth_lfw", b)  # one byte differs
 
 
 def test_parent_run_summarises_the_sweep(sweep, tmp_path: Path) -> None:
