@@ -41,6 +41,11 @@ N_BOOTSTRAP = 200
 GRID_POINTS = 161
 #: Smoothing penalties tried by generalised cross-validation (relative to the data's scale).
 LAMBDAS = tuple(10.0 ** k for k in np.arange(-4.0, 4.01, 0.5))
+#: Ridge penalties tried for the other searched hyperparameters' effects (their columns are
+#: standardised, the weights have mean 1). A dozen trials with as many nuisance columns would
+#: otherwise be interpolated: the curve and its bootstrap replicates explode, and with them the
+#: winner's-curse correction (a quickstart sweep once reported an accuracy of -1.25).
+NUISANCE_LAMBDAS = (1e-6, 0.1, 1.0, 10.0, 100.0)
 #: Fewest trials the curve is fitted on; below it the sweep is too small to say anything.
 MIN_TRIALS = 6
 #: Fewest survivors at an epoch for their learning curves to predict a stopped trial's final.
@@ -258,17 +263,17 @@ def _basis(x: np.ndarray, knots: np.ndarray, centre: float) -> np.ndarray:
 class _Fit:
     coef: np.ndarray
     n_spline: int
-    lam: float
+    lam: tuple[float, float]  # (knot terms, nuisance effects)
 
 
 def _solve(spline: np.ndarray, nuis: np.ndarray, y: np.ndarray, w: np.ndarray,
-           lam: float) -> tuple[np.ndarray, float]:
+           lam: float, lam_nuis: float) -> tuple[np.ndarray, float]:
     """Returns (coefficients, GCV score) of the weighted penalised least squares fit."""
     design = np.column_stack([spline, nuis])
     p = design.shape[1]
     pen = np.zeros(p)
     pen[3:spline.shape[1]] = lam  # only the knot terms are penalised: a quadratic is free
-    pen[spline.shape[1]:] = 1e-6  # nuisance effects: just enough to stay solvable
+    pen[spline.shape[1]:] = lam_nuis  # nuisance effects: shrunk as far as GCV asks
     wd = design * w[:, None]
     gram = design.T @ wd + np.diag(pen)
     try:
@@ -285,17 +290,18 @@ def _solve(spline: np.ndarray, nuis: np.ndarray, y: np.ndarray, w: np.ndarray,
 
 
 def _fit_curve(x: np.ndarray, y: np.ndarray, w: np.ndarray, nuis: np.ndarray,
-               knots: np.ndarray, centre: float, lam: float | None) -> _Fit:
+               knots: np.ndarray, centre: float, lam: tuple[float, float] | None) -> _Fit:
     spline = _basis(x, knots, centre)
     if lam is None:
         best = None
         for cand in LAMBDAS if len(knots) else (0.0,):
-            coef, gcv = _solve(spline, nuis, y, w, cand)
-            if best is None or gcv < best[1] - 1e-12:
-                best = (coef, gcv, cand)
+            for cand_nuis in NUISANCE_LAMBDAS if nuis.shape[1] else (0.0,):
+                coef, gcv = _solve(spline, nuis, y, w, cand, cand_nuis)
+                if best is None or gcv < best[1] - 1e-12:
+                    best = (coef, gcv, (cand, cand_nuis))
         assert best is not None
         return _Fit(coef=best[0], n_spline=spline.shape[1], lam=best[2])
-    coef, _ = _solve(spline, nuis, y, w, lam)
+    coef, _ = _solve(spline, nuis, y, w, *lam)
     return _Fit(coef=coef, n_spline=spline.shape[1], lam=lam)
 
 
@@ -327,7 +333,7 @@ def estimate_beta(trials: Sequence[TrialCurve], higher_is_better: bool = True,
     budget = budget_epoch if budget_epoch is not None else max(t.last_epoch for t in trials)
     sign = 1.0 if higher_is_better else -1.0
     all_idx = np.arange(len(trials))
-    _, _, ok = _impute(trials, budget, all_idx, None)
+    finals, _, ok = _impute(trials, budget, all_idx, None)
     n_full = sum(1 for t in trials if t.last_epoch >= budget)
     if int(ok.sum()) < MIN_TRIALS or n_full < 2:
         raise SweepTooSmallError(
@@ -341,7 +347,7 @@ def estimate_beta(trials: Sequence[TrialCurve], higher_is_better: bool = True,
     grid = np.linspace(lo, hi, GRID_POINTS)
 
     def fit_once(idx: np.ndarray, rng: np.random.Generator | None,
-                 lam: float | None) -> tuple[np.ndarray, _Fit, np.ndarray]:
+                 lam: tuple[float, float] | None) -> tuple[np.ndarray, _Fit, np.ndarray]:
         f, ex, good = _impute(trials, budget, idx, rng)
         if int(good.sum()) < MIN_TRIALS:
             raise ValueError("too few usable trials in this sample")
@@ -415,6 +421,14 @@ def estimate_beta(trials: Sequence[TrialCurve], higher_is_better: bool = True,
     x_hi = max(x_hi, float(grid[j]))
     bias = float(optimism.mean())
     value_signed = float(curve[i_hat]) - bias
+    # The expected metric at the choice cannot lie outside what the trials reached: a value
+    # beyond that range is the fit extrapolating, not information (the interval keeps its width).
+    seen = sign * finals[ok]
+    clipped = min(max(value_signed, float(seen.min())), float(seen.max()))
+    if clipped != value_signed:
+        logger.warning("the curve's value at the choice (%.4g) lies outside the trials' range; "
+                       "reported as %.4g", sign * value_signed, sign * clipped)
+        value_signed = clipped
     # The benchmark's own sampling error is shared by all trials at the choice: it adds to the
     # value's uncertainty but not to the curve's shape.
     se_choice = float(np.sqrt(np.mean(se_all ** 2))) if np.any(se_all > 0) else 0.0

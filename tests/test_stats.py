@@ -197,3 +197,36 @@ def test_the_verdict_says_when_neighbouring_betas_cannot_be_separated() -> None:
     assert not flat.identified and "indistinguishable at this budget" in flat.verdict
     lo, hi = flat.beta_interval
     assert f"{lo:.2g} to {hi:.2g}" in flat.verdict
+
+
+
+#: A quickstart sweep's synth_lfw selection-part accuracies as its store recorded them (beta,
+#: history, local_heads, global_heads, local_window, dw_kernel, lr, standard error).
+_QUICKSTART_LFW = [
+    (0.0135221, {1: 0.9033, 2: 0.9067}, "4", "4", "1", "5", "0.001946", 0.0112),
+    (0.0157458, {1: 0.87}, "4", "4", "3", "5", "0.002542", 0.0166),
+    (0.0164696, {1: 0.8667}, "4", "2", "1", "3", "0.002148", 0.0231),
+    (0.0145771, {1: 0.8767}, "4", "4", "3", "5", "0.0008126", 0.0214),
+    (0.0159197, {1: 0.8933, 2: 0.9433, 3: 0.93}, "4", "4", "3", "5", "0.002809", 0.0099),
+    (0.0207624, {1: 0.9067, 2: 0.92}, "4", "2", "1", "5", "0.001259", 0.0145),
+    (0.0659169, {1: 0.9, 2: 0.91}, "4", "4", "1", "5", "0.001575", 0.0214),
+    (0.0087237, {1: 0.8633}, "8", "2", "1", "5", "0.002800", 0.0145),
+    (0.0370202, {1: 0.9133, 2: 0.93, 3: 0.93}, "4", "4", "1", "5", "0.001784", 0.0185),
+    (0.0350386, {1: 0.9167, 2: 0.91, 3: 0.9167}, "8", "4", "1", "5", "0.002759", 0.017),
+    (0.0001521, {1: 0.8733, 2: 0.93, 3: 0.9267}, "2", "4", "5", "5", "0.002311", 0.0153),
+    (0.0020374, {1: 0.8667}, "2", "4", "5", "5", "0.002315", 0.0194),
+]
+
+
+def test_a_small_sweep_with_many_settings_gives_a_value_the_trials_support() -> None:
+    """12 trials, 4 at the full budget, about as many nuisance columns as trials: unshrunk
+    nuisance effects interpolated this sweep and its bootstrap replicates, and the
+    winner's-curse correction (2.2) turned the accuracy at the choice into -1.25."""
+    keys = ("local_heads", "global_heads", "local_window", "dw_kernel", "lr")
+    trials = [TrialCurve(f"t{i}", beta, history, dict(zip(keys, settings)), se=se)
+              for i, (beta, history, *settings, se) in enumerate(_QUICKSTART_LFW)]
+    est = estimate_beta(trials, budget_epoch=3, n_bootstrap=N_BOOT, seed=0)
+    finals = [t.history[t.last_epoch] for t in trials]
+    assert abs(est.optimism) <= max(finals) - min(finals), est.optimism
+    assert min(finals) <= est.value <= max(finals), est.value
+    assert est.value_interval[0] <= est.value <= est.value_interval[1]
