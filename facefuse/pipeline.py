@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from facefuse.errors import ConfigError
-from facefuse.sweep.jobs import JobSpec, load_job, resolve_paths, train_flips, trial_context
+from facefuse.sweep.jobs import JobSpec, eval_flips, load_job, resolve_paths, train_flips, trial_context
 from facefuse.embedded import embedded_paths, ensure_synth, ensure_tiny_backbones
 from facefuse.tracking import schema as S
 from facefuse.tracking.store import experiment_ids, open_tracking, search_all_runs
@@ -51,11 +51,12 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
 
 
 def job_datasets(job) -> list:
-    """Returns the DatasetWork of every set a job reads (mirrored train maps only when trials use
-    them: ``facefuse.sweep.jobs.train_flips``)."""
+    """Returns the DatasetWork of every set a job reads (mirrored maps only where trials use
+    them: ``facefuse.sweep.jobs.train_flips`` and ``eval_flips``)."""
     from facefuse.features.extraction import DatasetWork
 
-    return [DatasetWork(job.data.train, train_flips(job))] + [DatasetWork(d, True) for d in job.data.eval]
+    return ([DatasetWork(job.data.train, train_flips(job))]
+            + [DatasetWork(d, eval_flips(job)) for d in job.data.eval])
 
 
 def check_train_subset(job: JobSpec) -> None:

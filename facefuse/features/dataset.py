@@ -263,8 +263,9 @@ def check_map_count(name: str, maps: PairMaps, expected: int, what: str,
 
 def load_eval_sets(names: Sequence[str], data_root: Path, backbones: BackbonePair,
                    cache_root: Optional[str | Path], build: bool = True,
-                   progress: bool = True) -> list[EvalSet]:
-    """Returns every evaluation set a job names, with maps and protocol metadata."""
+                   progress: bool = True, flips: bool = True) -> list[EvalSet]:
+    """Returns every evaluation set a job names, with maps (mirrored too when ``flips``, for
+    the flip test) and protocol metadata."""
     from facefuse.data import get_dataset
 
     out = []
@@ -272,7 +273,8 @@ def load_eval_sets(names: Sequence[str], data_root: Path, backbones: BackbonePai
     for name in names:
         spec = get_dataset(name)
         meta = _dataset_meta(name, data_root, meta_root)
-        maps = dataset_maps(name, data_root, backbones, cache_root, build, progress=progress)
+        maps = dataset_maps(name, data_root, backbones, cache_root, build, progress=progress,
+                            flips=flips)
         check_map_count(name, maps, *expected_map_count(spec.kind, meta), cache_root)
         out.append(EvalSet(name, spec.kind, maps, meta))
     return out

@@ -641,6 +641,12 @@ def train_flips(job: JobSpec) -> bool:
     return bool(reg.get_dataset(job.data.train).synthetic)
 
 
+def eval_flips(job: JobSpec) -> bool:
+    """Returns whether evaluation uses the flip test (params.flip_test, default on): off, the
+    eval sets need no mirrored maps and each epoch embeds half as many (the quickstart)."""
+    return bool(job.params.get("flip_test", True))
+
+
 def fixed_config(job: JobSpec) -> dict[str, Any]:
     """Returns the settings every trial shares: fixed params, epochs, the seed and train data.
 
@@ -651,6 +657,7 @@ def fixed_config(job: JobSpec) -> dict[str, Any]:
     cfg["epochs"] = job.epochs
     cfg["seed"] = job.seed
     cfg["flip_augment"] = train_flips(job)
+    cfg["flip_test"] = eval_flips(job)
     sub = job.data.train_subset
     cfg.update(zip(SUBSET_PARAMS, (sub.identities, sub.per_identity, sub.seed) if sub
                    else (None, None, None)))

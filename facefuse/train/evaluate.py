@@ -43,10 +43,13 @@ def embed_maps(model: torch.nn.Module, a: MapArray, b: MapArray, batch_size: int
 
 def embed_with_flip(model: torch.nn.Module, s: EvalSet, batch_size: int,
                     device: torch.device) -> np.ndarray:
-    """Returns original + mirrored embeddings (the protocol's flip fusion), not normalised."""
+    """Returns original + mirrored embeddings (the protocol's flip test), not normalised; the
+    original ones alone when the set was loaded without mirrored maps (``flip_test: false``)."""
     from facefuse.evaluation import fuse_flips
 
     e = embed_maps(model, s.maps.a, s.maps.b, batch_size, device)
+    if s.maps.a_flip is None or s.maps.b_flip is None:
+        return fuse_flips(e, None)
     f = embed_maps(model, s.maps.a_flip, s.maps.b_flip, batch_size, device)
     return fuse_flips(e, f)
 

@@ -44,6 +44,8 @@ class TrainConfig:
     grad_clip: float = 5.0
     seed: int = 0
     flip_augment: bool = True
+    # evaluation fuses each image's embedding with its mirror's (the protocols' flip test)
+    flip_test: bool = True
     # data.train_subset (None: the whole train set); here so that every trial records them
     train_subset_identities: Optional[int] = None
     train_subset_per_identity: Optional[int] = None

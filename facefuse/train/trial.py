@@ -224,7 +224,7 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
                                      int(tcfg.train_subset_per_identity or 1),
                                      int(tcfg.train_subset_seed or 0))
     eval_sets = load_eval_sets(ctx.eval_datasets, data_root, backbones, cache, build=False,
-                               progress=False)
+                               progress=False, flips=tcfg.flip_test)
     torch.manual_seed(tcfg.seed)
     model = build_model(model_over, train_set)
     resume = load_state(resume_dir) if resume_dir is not None else None

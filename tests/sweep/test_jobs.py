@@ -281,6 +281,20 @@ def test_train_subset_and_flips_are_params_of_every_trial(tmp_path: Path) -> Non
     assert fixed_config(parse_job(raw, "j.yaml"))["train_subset_identities"] is None
 
 
+def test_flip_test_off_drops_the_eval_sets_mirrored_maps(tmp_path: Path) -> None:
+    from facefuse.pipeline import job_datasets
+
+    raw = _raw(tmp_path)
+    job = parse_job(raw, "j.yaml")
+    assert fixed_config(job)["flip_test"] is True
+    assert all(w.flips for w in job_datasets(job)[1:])
+    raw["params"] = {"flip_test": False}
+    job = parse_job(raw, "j.yaml")
+    assert fixed_config(job)["flip_test"] is False
+    evals = job_datasets(job)[1:]
+    assert evals and not any(w.flips for w in evals)
+
+
 @pytest.mark.parametrize("subset,field", [
     ({"identities": 0, "per_identity": 4}, "data.train_subset.identities"),
     ({"identities": 5}, "data.train_subset.per_identity"),

@@ -219,3 +219,19 @@ def test_prefetch_raises_a_read_error_at_its_batch_and_stops_its_thread() -> Non
     next(it)
     it.close()
     assert not any(t.name == "facefuse-prefetch" for t in threading.enumerate())
+
+
+def test_without_mirrored_maps_evaluation_embeds_the_originals_only() -> None:
+    from facefuse.features.dataset import EvalSet
+    from facefuse.train.evaluate import embed_maps, embed_with_flip
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((6, 8, 7, 7)).astype(np.float16)
+    b = rng.standard_normal((6, 8, 7, 7)).astype(np.float16)
+    model = FusionModel(FusionConfig(in_channels_a=8, in_channels_b=8, map_size=7, num_classes=3,
+                                     d_model=16, fusion_hidden=32, embedding_size=8))
+    cpu = torch.device("cpu")
+    alone = embed_with_flip(model, EvalSet("s", "verification", PairMaps(a, b, None, None)), 4, cpu)
+    np.testing.assert_allclose(alone, embed_maps(model, a, b, 4, cpu))
+    fused = embed_with_flip(model, EvalSet("s", "verification", PairMaps(a, b, a[::-1], b[::-1])), 4, cpu)
+    np.testing.assert_allclose(fused, alone + embed_maps(model, a[::-1], b[::-1], 4, cpu))
