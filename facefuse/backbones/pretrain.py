@@ -206,8 +206,14 @@ def set_margin(head: torch.nn.Module, margin: float) -> None:
 
 
 def train_tiny_backbone(images: np.ndarray, labels: np.ndarray, num_classes: int, recipe: TinyRecipe,
-                        seed: int = 0, progress: bool = True) -> tuple[IResNet, torch.nn.Module, dict[str, float]]:
-    """Returns (trained backbone in eval mode, its training head, metrics) for one recipe."""
+                        seed: int = 0, progress: bool = True, device: str = "cpu"
+                        ) -> tuple[IResNet, torch.nn.Module, dict[str, float]]:
+    """Returns (trained backbone in eval mode on the CPU, its training head, metrics) for one recipe.
+
+    ``device`` "cuda" trains on a GPU (the release recipe's thousands of steps); the batches,
+    their augmentation and every random draw stay on the CPU, so the data a step sees is the
+    same on either device.
+    """
     torch.manual_seed(seed + recipe.seed_offset)
     gen = torch.Generator().manual_seed(seed + recipe.seed_offset)
     model = get_model(recipe.arch, num_features=recipe.num_features, layout=recipe.layout, widths=recipe.widths)
@@ -218,6 +224,8 @@ def train_tiny_backbone(images: np.ndarray, labels: np.ndarray, num_classes: int
         head = AdaFaceHead(emb, num_classes, m=recipe.margin, h=recipe.h, s=recipe.scale, t_alpha=recipe.t_alpha)
     else:
         raise ConfigError(None, f"unknown loss {recipe.loss!r}", field="loss", fix="use 'arcface' or 'adaface'")
+    model.to(device)
+    head.to(device)
     params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
     if recipe.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
@@ -237,8 +245,8 @@ def train_tiny_backbone(images: np.ndarray, labels: np.ndarray, num_classes: int
     bar = tqdm(range(recipe.steps), desc=recipe.name, unit="step", disable=not progress)
     for step in bar:
         idx = next(batches)
-        x = augment_batch(images[idx], recipe.augment, gen, recipe.aug_prob, recipe.aug_ops)
-        y = labels_t[idx]
+        x = augment_batch(images[idx], recipe.augment, gen, recipe.aug_prob, recipe.aug_ops).to(device)
+        y = labels_t[idx].to(device)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, recipe)
         ramp = recipe.margin_warmup * recipe.steps
@@ -263,8 +271,8 @@ def train_tiny_backbone(images: np.ndarray, labels: np.ndarray, num_classes: int
     tail = max(1, recipe.steps // 10)  # the last 10% of steps: a smoothed end-of-training value
     final_loss, final_acc = float(np.mean(losses[-tail:])), float(np.mean(accuracies[-tail:]))
     seconds = time.perf_counter() - start
-    model.eval()
-    head.eval()
+    model.cpu().eval()
+    head.cpu().eval()
     logger.info("%s: %d steps of %d in %.1f s, loss %.3f -> %.3f, train accuracy %.3f", recipe.name,
                 recipe.steps, recipe.batch_size, seconds, losses[0], final_loss, final_acc)
     return model, head, {"train_seconds": round(seconds, 1), "first_loss": round(losses[0], 4),

@@ -1,0 +1,115 @@
+"""Candidate recipes for the release tiny backbones, trained side by side (on a GPU where lent).
+
+The release pair should resemble the real ArcFace/AdaFace pair: within 2 points of each other on
+the high-quality synthetic sets and the AdaFace one ahead on the low-quality IJB-style ones. This
+script trains a grid of candidate recipes (each in its own process, all on one device), saves each
+checkpoint with its training metrics, and, with ``--eval``, scores each with
+``facefuse.backbones.pretrain.evaluate_backbone``. It imports neither Ray nor MLflow, so it runs
+on a machine that has only torch.
+
+    python benchmarks/release_recipe_grid.py --data .facefuse/data --out /tmp/grid --device cuda
+    python benchmarks/release_recipe_grid.py --data .facefuse/data --out /tmp/grid --eval-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: name -> (base recipe, overrides). Steps are what a GPU trains in a minute or two.
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "arc_2k": ("arcface", {"steps": 2000, "warmup_steps": 100}),
+    "arc_4k": ("arcface", {"steps": 4000, "warmup_steps": 200}),
+    "ada_lp02_2k": ("adaface", {"steps": 2000, "warmup_steps": 100}),
+    "ada_lp02_4k": ("adaface", {"steps": 4000, "warmup_steps": 200}),
+    "ada_lp04_4k": ("adaface", {"steps": 4000, "warmup_steps": 200, "aug_prob": 0.4}),
+    "ada_lo04_4k": ("adaface", {"steps": 4000, "warmup_steps": 200, "aug_prob": 0.4,
+                                "aug_ops": ("lowres",)}),
+    "ada_all02_4k": ("adaface", {"steps": 4000, "warmup_steps": 200,
+                                 "aug_ops": ("crop", "lowres", "photometric")}),
+    "ada_lp02_t01_4k": ("adaface", {"steps": 4000, "warmup_steps": 200, "t_alpha": 0.01}),
+}
+
+
+def _train(name: str, data: str, out: str, device: str, seed: int,
+           steps: int | None = None) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from facefuse.backbones.checkpoints import save_adaface, save_insightface
+    from facefuse.backbones.pretrain import (ADAFACE_TINY, ARCFACE_TINY, TRAIN_SET, train_tiny_backbone,
+                                             with_overrides)
+    from facefuse.data import load_train_set
+
+    torch.set_num_threads(1)
+    base, over = CANDIDATES[name]
+    if steps is not None:  # a smoke run
+        over = dict(over, steps=steps, warmup_steps=max(1, steps // 10))
+    recipe = with_overrides(ARCFACE_TINY if base == "arcface" else ADAFACE_TINY, name=name, **over)
+    train = load_train_set(TRAIN_SET, data)
+    images = train.images()
+    labels = np.asarray(train.labels, dtype=np.int64)
+    model, head, metrics = train_tiny_backbone(images, labels, train.num_classes, recipe, seed,
+                                               progress=False, device=device)
+    path = Path(out) / name / Path(recipe.filename).name
+    if recipe.layout == "insightface":
+        save_insightface(model, path)
+    else:
+        save_adaface(model, path, head_state=head.state_dict())
+    return {"name": name, "path": str(path), "metrics": metrics, "base": base,
+            "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in over.items()}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="the synthetic suite's data root")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", nargs="*", default=None, help="candidate names (default: all)")
+    ap.add_argument("--parallel", type=int, default=len(CANDIDATES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="override every candidate's steps (smoke runs)")
+    ap.add_argument("--eval", action="store_true", help="score each checkpoint afterwards")
+    ap.add_argument("--eval-only", action="store_true", help="score the checkpoints under --out")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    names = args.only or list(CANDIDATES)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary_path = args.out / "grid.json"
+    rows: list[dict[str, Any]] = json.loads(summary_path.read_text()) if summary_path.exists() else []
+    if not args.eval_only:
+        t0 = time.perf_counter()
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(args.parallel, len(names)), mp_context=ctx) as pool:
+            futures = [pool.submit(_train, n, str(args.data), str(args.out), args.device, args.seed,
+                                   args.steps) for n in names]
+            rows = [f.result() for f in futures]
+        print(f"trained {len(rows)} candidates in {time.perf_counter() - t0:.0f}s on {args.device}")
+        summary_path.write_text(json.dumps(rows, indent=1))
+    if args.eval or args.eval_only:
+        from facefuse.backbones.pretrain import evaluate_backbone
+
+        sets = ("synth_lfw", "synth_cfp_fp", "synth_agedb_30", "synth_ijbb", "synth_ijbc")
+        for row in rows:
+            row["eval"] = evaluate_backbone(row["path"], args.data, sets=sets)
+        summary_path.write_text(json.dumps(rows, indent=1))
+    for row in rows:
+        m = row["metrics"]
+        ev = row.get("eval", {})
+        cells = " ".join(f"{k.split('/')[0][6:]}={v:.3f}" for k, v in ev.items() if not k.endswith("auc"))
+        print(f"{row['name']:18s} {m['train_seconds']:7.1f}s loss {m['final_loss']:.2f} "
+              f"train_acc {m['train_accuracy']:.3f} {cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
