@@ -22,12 +22,36 @@ PREPROCESSING = "rgb112-pm1-v1"
 @torch.no_grad()
 def extract_maps(backbone: torch.nn.Module, images: np.ndarray, flip: bool = False,
                  device: Optional[torch.device] = None) -> np.ndarray:
-    """Returns the backbone's last feature maps [N, C, 7, 7] as float16 for uint8 RGB images."""
+    """Returns the backbone's last feature maps [N, C, 7, 7] as float16 for uint8 RGB images.
+
+    On CUDA the backbone runs under fp16 autocast on channels-last input (``to_cuda_input``); on
+    the CPU in float32, as ``to_input`` gives it.
+    """
     device = device or next(backbone.parameters()).device
-    x = to_input(images, flip=flip).to(device)
-    fmap = backbone.forward_features(x)
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.float16):
+            fmap = backbone.forward_features(to_cuda_input(images, flip, device))
+    else:
+        fmap = backbone.forward_features(to_input(images, flip=flip).to(device))
     # fp16 is what the cache stores; rounding here too keeps on-the-fly maps bit-identical.
     return fmap.to(torch.float16).contiguous().cpu().numpy()
+
+
+def to_cuda_input(images: np.ndarray, flip: bool, device: torch.device) -> torch.Tensor:
+    """Returns ``to_input(images, flip)`` computed on the GPU, channels-last ([N, 3, H, W] view
+    of NHWC memory).
+
+    The uint8 images cross to the device (a quarter of float32's bytes) and are converted there;
+    an NHWC tensor permuted to NCHW already has channels-last strides, so no copy is made for
+    the layout. Same element-wise operations as ``to_input``, so the same values.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be [N, H, W, 3] uint8, got shape {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float()  # [N,H,W,3] -> [N,3,H,W], memory stays NHWC
+    if flip:
+        x = torch.flip(x, dims=[3])
+    return x.div_(127.5).sub_(1.0).contiguous(memory_format=torch.channels_last)
 
 
 @dataclass(frozen=True)

@@ -205,16 +205,15 @@ class _Extract:
         from facefuse.features.dataset import _load_backbone_cached
 
         self.store, self.tasks, self.batch_size = ShardStore(root), tasks, batch_size
-        # on CPU _load_backbone_cached gives the channels-last inference model; on a GPU, cuda
+        # frozen channels-last inference models, on the GPU where the actor has one
+        # (extract_maps then runs them under fp16 autocast)
         self.nets = [_load_backbone_cached(c) for c in checkpoints]
-        self.cuda = torch.cuda.is_available()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         (i,) = batch["i"]
         t = self.tasks[int(i)]
         images = batch["images"][0]
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
-            maps = _regroup(self.nets, images, t["flips"], self.batch_size)
+        maps = _regroup(self.nets, images, t["flips"], self.batch_size)
         rows = _write(self.store, t["keys"], t["shard"], maps)
         return {"record": np.array([json.dumps(dict(r, name=t["name"])) for r in rows])}
 
