@@ -65,8 +65,10 @@ def _train(name: str, data: str, out: str, device: str, seed: int,
         save_insightface(model, path)
     else:
         save_adaface(model, path, head_state=head.state_dict())
-    return {"name": name, "path": str(path), "metrics": metrics, "base": base,
-            "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in over.items()}}
+    row = {"name": name, "path": str(path), "metrics": metrics, "base": base,
+           "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in over.items()}}
+    (path.parent / "result.json").write_text(json.dumps(row, indent=1))  # kept if the grid is cut off
+    return row
 
 
 def main() -> int:
