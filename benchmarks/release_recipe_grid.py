@@ -54,7 +54,7 @@ def _train(name: str, data: str, out: str, device: str, seed: int,
     base, over = CANDIDATES[name]
     if steps is not None:  # a smoke run
         over = dict(over, steps=steps, warmup_steps=max(1, steps // 10))
-    recipe = with_overrides(ARCFACE_TINY if base == "arcface" else ADAFACE_TINY, name=name, **over)
+    recipe = with_overrides(ARCFACE_TINY if base == "arcface" else ADAFACE_TINY, **over)
     train = load_train_set(TRAIN_SET, data)
     images = train.images()
     labels = np.asarray(train.labels, dtype=np.int64)

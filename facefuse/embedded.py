@@ -78,9 +78,15 @@ def _backbones_marker(out_dir: Path) -> Path:
     return out_dir / "pretrain_done.json"
 
 
-def ensure_tiny_backbones(data_root: Path, out_dir: Path, seed: int = 0) -> bool:
-    """Pretrains the two tiny backbones unless present; returns True when it had to train."""
+def ensure_tiny_backbones(data_root: Path, out_dir: Path, seed: int = 0,
+                          release_dir: Optional[Path] = None) -> bool:
+    """Pretrains the two tiny backbones unless present; returns True when it had to train.
+
+    When the repository's released checkpoints (``facefuse.backbones.release``) were trained on
+    this very suite, they are installed instead of pretraining (minutes saved on a cold start).
+    """
     from facefuse.backbones.pretrain import pretrain_tiny_backbones
+    from facefuse.backbones.release import RELEASE_DIR, install_release, released_backbones
 
     paths = EmbeddedPaths(out_dir.parent)
     marker = _backbones_marker(out_dir)
@@ -92,6 +98,14 @@ def ensure_tiny_backbones(data_root: Path, out_dir: Path, seed: int = 0) -> bool
         except json.JSONDecodeError:
             pass
     marker.unlink(missing_ok=True)
+    released = released_backbones(data_root, release_dir or RELEASE_DIR, seed)
+    if released is not None:
+        installed = install_release(released, out_dir)
+        atomic_write_json(marker, {"seed": seed, "source": "release",
+                                   "result": {k: str(v) for k, v in installed.items()}})
+        logger.info("installed the released tiny backbones (trained on this very suite) in %s",
+                    out_dir)
+        return False
     result = pretrain_tiny_backbones(data_root, out_dir, seed=seed)
-    atomic_write_json(marker, {"seed": seed, "result": result})
+    atomic_write_json(marker, {"seed": seed, "source": "pretrained", "result": result})
     return True

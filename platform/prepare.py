@@ -8,6 +8,40 @@ import sys
 from pathlib import Path
 
 
+def _train_recipe(args: argparse.Namespace) -> None:
+    """Trains a recipe set into --out, prints its scores and, with --ship, writes the release."""
+    from dataclasses import asdict
+
+    import torch
+
+    from facefuse.backbones.pretrain import RECIPE_SETS, evaluate_backbone, pretrain_tiny_backbones
+    from facefuse.backbones.release import HIGH_QUALITY, LOW_QUALITY, resemblance, ship_release
+
+    data = args.data.resolve()
+    out = (args.out or data.parent / ("backbones" if args.recipe == "quick" else "backbones_release")).resolve()
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    recipes = RECIPE_SETS[args.recipe]
+    print(f"training the {args.recipe} recipe ({', '.join(f'{r.name}: {r.steps} steps' for r in recipes)}) "
+          f"on {device} into {out}")
+    result = pretrain_tiny_backbones(data, out, seed=args.seed, recipes=recipes, device=device)
+    scores = {loss: evaluate_backbone(result[loss], data, sets=HIGH_QUALITY + LOW_QUALITY)
+              for loss in ("arcface", "adaface")}
+    for loss, s in scores.items():
+        print(f"  {loss:8s} " + "  ".join(f"{k}={v:.4f}" for k, v in s.items() if not k.endswith("auc")))
+    shape = resemblance(scores["arcface"], scores["adaface"])
+    print(f"  high-quality gap (AdaFace - ArcFace): {shape['high_quality_gap']}")
+    print(f"  low-quality lead (AdaFace - ArcFace, TAR@FAR=1e-4): {shape['low_quality_lead']}")
+    print(f"  resembles the real pair (within 2 points, AdaFace ahead on low quality): "
+          f"{shape['resembles_real_pair']}")
+    if args.ship:
+        by_loss = {r.loss: asdict(r) for r in recipes}
+        command = (f"python -m platform.prepare backbones --data DATA --recipe {args.recipe} "
+                   f"--seed {args.seed} --ship  (trained on {device})")
+        path = ship_release({"arcface": result["arcface"], "adaface": result["adaface"]}, data,
+                            by_loss, scores, command, seed=args.seed)
+        print(f"release written: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m platform.prepare", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -16,8 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("backbones", help="pretrain the two tiny backbones on the synthetic train set")
     p.add_argument("--data", type=Path, required=True, help="data root holding faces_synth/")
-    p.add_argument("--out", type=Path, default=None, help="default: <data>/../backbones")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: <data>/../backbones (quick), <data>/../backbones_release (release)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", choices=("quick", "release"), default="quick",
+                   help="quick: the embedded default's fallback (minutes on 2 cores); release: the "
+                   "shipped pair's long recipe (minutes on a GPU, about an hour on 2 cores)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--ship", action="store_true",
+                   help="write the trained pair and its record into facefuse/backbones/release")
     for name in ("features", "cache"):  # "cache": the command's earlier name, kept working
         p = sub.add_parser(name, help="extract the feature maps a job needs into its store "
                            "(one Ray Data job; data.cache_dir may be a path or s3:// URI)")
@@ -35,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             from facefuse.embedded import ensure_synth
             built = ensure_synth(args.out.resolve(), args.seed)
             print(f"synthetic suite {'written to' if built else 'already complete in'} {args.out.resolve()}")
-        elif args.what == "backbones":
+        elif args.what == "backbones" and args.recipe == "quick" and not args.ship:
             from facefuse.embedded import ensure_tiny_backbones
             out = (args.out or args.data.resolve().parent / "backbones").resolve()
             trained = ensure_tiny_backbones(args.data.resolve(), out, args.seed)
             print(f"tiny backbones {'trained into' if trained else 'already present in'} {out}")
+        elif args.what == "backbones":
+            _train_recipe(args)
         else:
             from facefuse.pipeline import extract_features, prepare_job
             job, ctx = prepare_job(args.job, build_cache=False)

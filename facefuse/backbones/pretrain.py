@@ -83,6 +83,14 @@ ADAFACE_TINY = TinyRecipe(name="adaface_tiny", loss="adaface", layout="adaface",
                           filename="adaface_tiny/adaface_tiny.ckpt", seed_offset=1, augment="adaface",
                           margin=0.4, aug_ops=("lowres", "photometric"), t_alpha=0.05)
 RECIPES = (ARCFACE_TINY, ADAFACE_TINY)
+# The release recipe (shipped checkpoints, facefuse/backbones/release): the same losses and
+# augmentations trained long enough that the pair resembles the real one; chosen from the
+# candidates of benchmarks/release_recipe_grid.py (benchmarks/README.md). Thousands of steps:
+# minutes on a GPU, about an hour on two CPU cores.
+ARCFACE_RELEASE = replace(ARCFACE_TINY, steps=4000, warmup_steps=200)
+ADAFACE_RELEASE = replace(ADAFACE_TINY, steps=4000, warmup_steps=200, aug_prob=0.4)
+RELEASE_RECIPES = (ARCFACE_RELEASE, ADAFACE_RELEASE)
+RECIPE_SETS = {"quick": RECIPES, "release": RELEASE_RECIPES}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +290,7 @@ def train_tiny_backbone(images: np.ndarray, labels: np.ndarray, num_classes: int
 
 
 def _train_and_save(data_root: str, out_dir: str, recipe: TinyRecipe, seed: int, threads: int,
-                    progress: bool) -> tuple[str, dict[str, Any]]:
+                    progress: bool, device: str = "cpu") -> tuple[str, dict[str, Any]]:
     """Returns (checkpoint path, metrics) after training one recipe; runs in its own process."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -291,7 +299,8 @@ def _train_and_save(data_root: str, out_dir: str, recipe: TinyRecipe, seed: int,
     labels = np.asarray(train.labels, dtype=np.int64)
     logger.info("%s: decoded %d training images of %d identities in %.1f s", recipe.name, len(images),
                 train.num_classes, time.perf_counter() - t0)
-    model, head, metrics = train_tiny_backbone(images, labels, train.num_classes, recipe, seed, progress)
+    model, head, metrics = train_tiny_backbone(images, labels, train.num_classes, recipe, seed, progress,
+                                               device=device)
     path = Path(out_dir) / recipe.filename
     if recipe.layout == "insightface":
         save_insightface(model, path)
@@ -304,7 +313,8 @@ def _train_and_save(data_root: str, out_dir: str, recipe: TinyRecipe, seed: int,
 
 def pretrain_tiny_backbones(data_root: PathLike, out_dir: PathLike, seed: int = 0,
                             recipes: Sequence[TinyRecipe] = RECIPES, threads: int = 2,
-                            progress: bool = True, parallel: bool = True) -> dict[str, Any]:
+                            progress: bool = True, parallel: bool = True,
+                            device: str = "cpu") -> dict[str, Any]:
     """Returns {"arcface": path, "adaface": path, "metrics": {...}} after training and saving both tiny backbones.
 
     The ArcFace one is written as out_dir/arcface_tiny/backbone.pth (insightface layout), the
@@ -324,10 +334,10 @@ def pretrain_tiny_backbones(data_root: PathLike, out_dir: PathLike, seed: int = 
         per = max(1, threads // len(recipes))
         with ProcessPoolExecutor(len(recipes), mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_train_and_save, str(data_root), str(out_dir), r, seed, per,
-                                   progress and i == 0) for i, r in enumerate(recipes)]
+                                   progress and i == 0, device) for i, r in enumerate(recipes)]
             outputs = [f.result() for f in futures]
     else:
-        outputs = [_train_and_save(str(data_root), str(out_dir), r, seed, threads, progress)
+        outputs = [_train_and_save(str(data_root), str(out_dir), r, seed, threads, progress, device)
                    for r in recipes]
     for recipe, (path_str, metrics) in zip(recipes, outputs):
         path = Path(path_str)
