@@ -69,21 +69,40 @@ def tar_at_far_se(labels: np.ndarray, scores: np.ndarray, fars: tuple[float, ...
     """Returns {far: bootstrap standard error of TAR@FAR} over the pairs (Poisson bootstrap).
 
     The pairs are sorted once; each resample reweights them with Poisson(1) counts, so a
-    replicate costs two cumulative sums instead of a sort (a million pairs: milliseconds).
-    TAR is read at the last ROC point whose FAR does not exceed the target.
+    replicate costs cumulative sums instead of a sort. TAR is read at the last ROC point whose
+    FAR does not exceed the target. Only the head of the ranking decides TAR at FAR <= max(fars):
+    weights are drawn for the pairs down to well past that point (3x its impostors, at least
+    2,000 more), and the rest enter through their totals (a sum of n Poisson(1) counts is one
+    Poisson(n) draw), which is the same resample in distribution at a fraction of the draws
+    (a million pairs: about 0.1 s instead of 0.9 s for 30 replicates). A replicate whose head
+    does not reach a target FAR is redone on every pair.
     """
     y = np.asarray(labels).astype(bool)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     y = y[order]
+    n_neg_all = int((~y).sum())
+    neg_rank = np.cumsum(~y)
+    need = min(n_neg_all, int(3 * max(fars) * n_neg_all) + 2000)
+    head = len(y) if need >= n_neg_all else int(np.searchsorted(neg_rank, need, side="left")) + 1
+    y_head = y[:head]
+    rest_pos = int(y[head:].sum())
+    rest_neg = len(y) - head - rest_pos
     rng = np.random.default_rng(seed)
     out: dict[float, list[float]] = {far: [] for far in fars}
     for _ in range(n_boot):
-        w = rng.poisson(1.0, len(y)).astype(np.float64)
-        tp = np.cumsum(w * y)
-        fp = np.cumsum(w * ~y)
-        if tp[-1] <= 0 or fp[-1] <= 0:
+        w = rng.poisson(1.0, head).astype(np.float64)
+        tp = np.cumsum(w * y_head)
+        fp = np.cumsum(w * ~y_head)
+        tp_total = tp[-1] + (rng.poisson(rest_pos) if rest_pos else 0)
+        fp_total = fp[-1] + (rng.poisson(rest_neg) if rest_neg else 0)
+        if head < len(y) and fp[-1] / max(fp_total, 1) < max(fars):
+            # the head's resample did not reach the largest target: this replicate on all pairs
+            w = rng.poisson(1.0, len(y)).astype(np.float64)
+            tp, fp = np.cumsum(w * y), np.cumsum(w * ~y)
+            tp_total, fp_total = tp[-1], fp[-1]
+        if tp_total <= 0 or fp_total <= 0:
             continue
-        tpr, fpr = tp / tp[-1], fp / fp[-1]
+        tpr, fpr = tp / tp_total, fp / fp_total
         for far in fars:
             k = int(np.searchsorted(fpr, far, side="right")) - 1
             out[far].append(float(tpr[k]) if k >= 0 else 0.0)
