@@ -8,7 +8,7 @@ import math
 import numbers
 import typing
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
@@ -22,6 +22,10 @@ INPUTS = ("both", "arcface", "adaface")
 HEADS = ("arcface", "cosface", "softmax")
 WINDOW_MODES = ("clamped", "centered")
 LOCAL_POOLS = ("flatten", "mean")
+#: ``mix`` as a word: the local branch's weight is a learned gate (sigmoid of a scalar logit).
+MIX_LEARNED = "learned"
+#: The weight at which the two branches enter the fusion exactly as plain concatenation.
+MIX_EQUAL = 0.5
 
 # Margins of the published losses; `margin=None` picks these.
 DEFAULT_MARGINS = {"arcface": 0.5, "cosface": 0.35, "softmax": 0.0}
@@ -54,6 +58,10 @@ class FusionConfig:
     branches: str = "both"
     fusion: str = "attention"
     local_pool: str = "flatten"
+    # The local branch's share w of the fused vector, the global branch getting 1 - w: the
+    # parts are scaled by 2w and 2(1 - w) before the fusion's LayerNorm, so 0.5 is the plain
+    # concatenation bit for bit. "learned": w = sigmoid(a learned logit), starting at 0.5.
+    mix: Union[float, str] = MIX_EQUAL
     fusion_hidden: int = 512
 
     # Bottleneck and classifier.
@@ -102,6 +110,11 @@ class FusionConfig:
         """Returns whether the global attention branch is built."""
         return self.fusion == "attention" and self.branches in ("global", "both")
 
+    @property
+    def mix_learned(self) -> bool:
+        """Returns whether the local/global weight is a learned gate."""
+        return self.mix == MIX_LEARNED
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         """Returns the fields as a plain dict (round-trips through from_dict)."""
@@ -125,13 +138,16 @@ class FusionConfig:
             value = getattr(self, f.name)
             hint = hints[f.name]
             optional = type(None) in typing.get_args(hint)
-            base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            base = args[0] if args else hint
             if value is None:
                 if optional:
                     continue
                 raise ConfigError(None, f"{f.name} must not be None", field=f.name,
                                   fix=f"give a {base.__name__}")
-            if base is bool:
+            if float in args and str in args:
+                value = self._number_or_word(f.name, value)
+            elif base is bool:
                 if not isinstance(value, (bool, np.bool_, numbers.Integral)) or value not in (0, 1):
                     raise ConfigError(None, f"{f.name} must be true or false, got {value!r}",
                                       field=f.name, fix="use true or false")
@@ -156,6 +172,20 @@ class FusionConfig:
                     raise ConfigError(None, f"{f.name} must be a string, got {value!r}",
                                       field=f.name, fix="give one of the documented names")
             object.__setattr__(self, f.name, value)
+
+    @staticmethod
+    def _number_or_word(name: str, value: Any) -> Any:
+        """Returns a float for a number (also one written as a string), else the word itself."""
+        # MLflow params and some YAML readers hand numbers over as strings ("0.25").
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise ConfigError(None, f"{name} must be a number or a word, got {value!r}",
+                              field=name, fix=f"use a number in [0, 1] or {MIX_LEARNED!r}")
+        return float(value)
 
     def _validate(self) -> None:
         def fail(field: str, message: str, fix: str) -> None:
@@ -206,6 +236,16 @@ class FusionConfig:
                  "use beta >= 0 (0 trains with plain CE; search it log-uniformly, e.g. 1e-4..10)")
         if self.scale <= 0:
             fail("scale", f"scale must be > 0, got {self.scale}", "use e.g. 64.0")
+        if isinstance(self.mix, str) and self.mix != MIX_LEARNED:
+            fail("mix", f"unknown mix {self.mix!r}",
+                 f"use a number in [0, 1] (the local branch's weight) or {MIX_LEARNED!r}")
+        if not isinstance(self.mix, str) and not 0.0 <= self.mix <= 1.0:
+            fail("mix", f"mix must be in [0, 1], got {self.mix}",
+                 f"use the local branch's weight in [0, 1] ({MIX_EQUAL} weighs both equally)")
+        if self.mix != MIX_EQUAL and not (self.uses_local and self.uses_global):
+            fail("mix", f"mix={self.mix!r} weighs the local against the global branch, but "
+                 f"branches={self.branches!r}, fusion={self.fusion!r} build only one or none",
+                 f"leave mix at {MIX_EQUAL} or use branches='both' with fusion='attention'")
         if self.fusion == "concat" and self.branches != "both":
             fail("branches", f"fusion='concat' has no attention branches, got branches="
                  f"{self.branches!r}", "leave branches='both' with the concat baseline")

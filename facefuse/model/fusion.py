@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facefuse.errors import ConfigError
-from facefuse.model.config import FusionConfig
+from facefuse.model.config import MIX_EQUAL, FusionConfig
 from facefuse.model.global_attention import GlobalBlock
 from facefuse.model.heads import CosineClassifier, build_head
 from facefuse.model.layers import Mlp, TokenProjection
@@ -61,7 +61,7 @@ class FusionModel(nn.Module):
 
     Ablations are config values: `branches` (local / global / both), `fusion` (attention /
     concat baseline), `vib` (on / off), `inputs` (both / arcface / adaface; the unused map
-    may be None).
+    may be None), `mix` (the local branch's weight against the global one: fixed or learned).
     """
 
     def __init__(self, cfg: Optional[ConfigLike] = None) -> None:
@@ -90,6 +90,10 @@ class FusionModel(nn.Module):
         if cfg.uses_global:
             self.global_branch = GlobalBlock(d, cfg.global_heads, s, cfg.mlp_ratio, cfg.dropout)
             fused += s * d
+        # A learned gate starts at w = sigmoid(0) = 0.5: the model begins as the plain
+        # concatenation and training moves the weight.
+        self.mix_logit: Optional[nn.Parameter] = (nn.Parameter(torch.zeros(()))
+                                                  if cfg.mix_learned else None)
         if cfg.fusion == "concat":
             # Same fused width as the attention model with both branches, so the MLP, VIB and
             # head that follow are identical and only the attention is ablated.
@@ -136,6 +140,24 @@ class FusionModel(nn.Module):
                               fix="pass the two backbones' maps of the same images")
         return maps
 
+    # ------------------------------------------------------------------ mixing weight
+    def mix_weight(self) -> Optional[float]:
+        """Returns the local branch's weight w when it is learned (the gate's value now), else None."""
+        if self.mix_logit is None:
+            return None
+        return float(torch.sigmoid(self.mix_logit.detach()).item())
+
+    def _weigh(self, local: torch.Tensor, glob: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the two branch vectors scaled by 2w and 2(1 - w)."""
+        if self.mix_logit is not None:
+            w = torch.sigmoid(self.mix_logit)
+            return local * (2.0 * w), glob * (2.0 * (1.0 - w))
+        w = float(self.cfg.mix)
+        if w == MIX_EQUAL:
+            return local, glob  # factors of exactly 1: skip them so the graph is today's
+        return local * (2.0 * w), glob * (2.0 * (1.0 - w))
+
     # ------------------------------------------------------------------ forward
     def forward_features(self, a: Optional[torch.Tensor],
                          b: Optional[torch.Tensor]) -> torch.Tensor:
@@ -146,6 +168,10 @@ class FusionModel(nn.Module):
             parts.append(self.local_pool(self.local_branch(x)))  # [B, d]
         if self.global_branch is not None:
             parts.append(self.global_branch(x).flatten(1))  # [B, S, d] -> [B, S*d]
+        if len(parts) == 2:
+            # The weight acts before the LayerNorm, whose statistics then span the weighted
+            # parts: a branch scaled down also counts less in the normalisation.
+            parts = list(self._weigh(parts[0], parts[1]))
         if self.concat_proj is not None:
             parts.append(self.concat_proj(x.flatten(1)))  # [B, S*H*W*d] -> [B, d + S*d]
         return self.fusion_mlp(self.fusion_norm(torch.cat(parts, dim=1)))

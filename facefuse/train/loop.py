@@ -20,6 +20,7 @@ import torch.distributed as dist
 from facefuse.errors import ConfigError, FacefuseError
 from facefuse.features.dataset import EvalSet, TrainSet
 from facefuse.features.store import prefetch
+from facefuse.model import FusionModel
 from facefuse.train.evaluate import evaluate
 
 logger = logging.getLogger(__name__)
@@ -349,6 +350,9 @@ def train(cfg: TrainConfig, model: torch.nn.Module, train_set: TrainSet,
             "time/data_share": t_data / max(t_data + t_model, 1e-9),
             "time/steps_per_s": steps_per_epoch / max(train_seconds, 1e-9),
         }
+        mix = model.mix_weight() if isinstance(model, FusionModel) else None
+        if mix is not None:
+            metrics["train/mix"] = mix  # the learned local-branch weight at the epoch's end
         extras: dict[str, Any] = {}
         if rank == 0:
             t_eval = time.perf_counter()

@@ -192,3 +192,81 @@ def test_same_seed_same_model() -> None:
         torch.manual_seed(7)
         outs.append(FusionModel(FusionConfig(**SMALL)).eval().embed(a, b))
     assert torch.equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The local/global mixing weight (``mix``)
+# ---------------------------------------------------------------------------------------------
+def _concat_formula(model: FusionModel, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Returns the embedding as the model computed it before ``mix`` existed: plain concatenation."""
+    x = model.tokens(model._maps(a, b))
+    local = model.local_pool(model.local_branch(x))
+    glob = model.global_branch(x).flatten(1)
+    h = model.fusion_mlp(model.fusion_norm(torch.cat([local, glob], dim=1)))
+    return model.bottleneck.mu(h)
+
+
+@pytest.mark.parametrize("mix", [None, 0.5, "0.5", "learned"])
+def test_default_equal_and_fresh_learned_mix_are_todays_concatenation_bit_for_bit(mix) -> None:
+    over = {} if mix is None else {"mix": mix}
+    torch.manual_seed(7)
+    model = FusionModel(FusionConfig(num_classes=4, **SMALL, **over)).eval()
+    a, b = _maps(5, seed=3)
+    with torch.no_grad():
+        assert torch.equal(model.embed(a, b), _concat_formula(model, a, b))
+    if mix != "learned":
+        # no new parameter: checkpoints of models trained before load unchanged
+        torch.manual_seed(7)
+        plain = FusionModel(FusionConfig(num_classes=4, **SMALL))
+        assert model.state_dict().keys() == plain.state_dict().keys()
+        assert model.mix_weight() is None
+    else:
+        assert model.mix_weight() == 0.5
+
+
+def test_fixed_mix_scales_local_by_2w_and_global_by_2_minus_2w() -> None:
+    torch.manual_seed(7)
+    model = FusionModel(FusionConfig(num_classes=4, mix=0.25, **SMALL)).eval()
+    a, b = _maps(5, seed=3)
+    with torch.no_grad():
+        x = model.tokens(model._maps(a, b))
+        local = model.local_pool(model.local_branch(x)) * 0.5
+        glob = model.global_branch(x).flatten(1) * 1.5
+        h = model.fusion_mlp(model.fusion_norm(torch.cat([local, glob], dim=1)))
+        assert torch.allclose(model.embed(a, b), model.bottleneck.mu(h), atol=1e-6)
+        assert not torch.allclose(model.embed(a, b), _concat_formula(model, a, b), atol=1e-3)
+
+
+def test_learned_mix_gets_a_gradient_and_training_moves_it() -> None:
+    torch.manual_seed(0)
+    model = FusionModel(FusionConfig(num_classes=4, mix="learned", **SMALL))
+    a, b = _maps(8, seed=1)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    model(a, b, labels).loss.backward()
+    assert model.mix_logit.grad is not None and model.mix_logit.grad.abs().item() > 0
+    opt = torch.optim.SGD([model.mix_logit], lr=1.0)
+    for _ in range(5):
+        opt.zero_grad()
+        model(a, b, labels).loss.backward()
+        opt.step()
+    assert model.mix_weight() != 0.5 and 0.0 < model.mix_weight() < 1.0
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"mix": 1.5}, "mix must be in [0, 1]"),
+    ({"mix": -0.1}, "mix must be in [0, 1]"),
+    ({"mix": "learnt"}, "unknown mix 'learnt'"),
+    ({"mix": True}, "must be a number or a word"),
+    ({"mix": 0.25, "branches": "local"}, "weighs the local against the global branch"),
+    ({"mix": "learned", "fusion": "concat"}, "weighs the local against the global branch"),
+])
+def test_bad_mix_names_the_field(over: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[mix\]") as exc:
+        FusionConfig(**over)
+    assert message in str(exc.value)
+
+
+def test_single_branch_models_keep_the_default_mix() -> None:
+    for branches in ("local", "global"):
+        model = FusionModel(FusionConfig(branches=branches, **SMALL))
+        assert model.mix_logit is None

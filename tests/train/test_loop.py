@@ -235,3 +235,13 @@ def test_without_mirrored_maps_evaluation_embeds_the_originals_only() -> None:
     np.testing.assert_allclose(alone, embed_maps(model, a, b, 4, cpu))
     fused = embed_with_flip(model, EvalSet("s", "verification", PairMaps(a, b, a[::-1], b[::-1])), 4, cpu)
     np.testing.assert_allclose(fused, alone + embed_maps(model, a[::-1], b[::-1], 4, cpu))
+
+
+def test_a_learned_mix_is_logged_every_epoch_and_a_fixed_one_is_not() -> None:
+    torch.set_num_threads(1)
+    ts = _toy_train_set()
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=3e-3, seed=1, warmup_epochs=0.0)
+    learned = train(cfg, _model(ts, mix="learned"), ts, [])
+    values = [h["train/mix"] for h in learned]
+    assert all(0.0 < v < 1.0 for v in values) and values[-1] != 0.5
+    assert "train/mix" not in train(cfg, _model(ts), ts, [])[-1]
