@@ -51,6 +51,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "arcface_only": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "arcface"},
     # the AdaFace backbone's map alone
     "adaface_only": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "adaface"},
+    # the full model with the local/global weight learned (a sigmoid gate starting at 0.5)
+    "mix_learned": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "both",
+                    "mix": "learned"},
+    # the full model weighing the global branch up (local 0.25, global 0.75) ...
+    "mix_0.25": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "both",
+                 "mix": 0.25},
+    # ... and the local branch up (local 0.75, global 0.25); "full" is 0.5, equal weights
+    "mix_0.75": {"branches": "both", "vib": True, "fusion": "attention", "inputs": "both",
+                 "mix": 0.75},
 }
 DEFAULT_BETAS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)

@@ -21,6 +21,7 @@ from facefuse.ablation import (
     ablation_stats,
     ablation_table,
     collect_ablation_rows,
+    rows_from_runs,
     table_markdown,
     write_table,
 )
@@ -31,11 +32,12 @@ from facefuse.model import FusionConfig
 
 def test_grid_holds_every_variant_beta_and_seed() -> None:
     grid = ablation_grid()
-    # 6 variants with a bottleneck x 4 betas + no_vib once, x 3 seeds
-    assert len(grid) == (6 * 4 + 1) * 3
+    # 9 variants with a bottleneck x 4 betas + no_vib once, x 3 seeds
+    assert len(grid) == (9 * 4 + 1) * 3
     names = {g["variant"] for g in grid}
     assert names == set(VARIANTS) == {"full", "local_only", "global_only", "no_vib", "concat",
-                                       "arcface_only", "adaface_only"}
+                                       "arcface_only", "adaface_only", "mix_learned", "mix_0.25",
+                                       "mix_0.75"}
     no_vib = [g for g in grid if g["variant"] == "no_vib"]
     assert len(no_vib) == 3 and all("beta" not in g and g["vib"] is False for g in no_vib)
     full = [g for g in grid if g["variant"] == "full"]
@@ -49,6 +51,12 @@ def test_grid_holds_every_variant_beta_and_seed() -> None:
     assert by_name["adaface_only"]["inputs"] == "adaface"
     assert by_name["full"] == {**by_name["full"], "branches": "both", "vib": True,
                                "fusion": "attention", "inputs": "both"}
+    assert "mix" not in by_name["full"]  # the full model keeps the default: equal weights
+    assert {by_name[v]["mix"] for v in ("mix_learned", "mix_0.25", "mix_0.75")} == \
+        {"learned", 0.25, 0.75}
+    assert all(by_name[v] == {**by_name["full"], "variant": v, "mix": by_name[v]["mix"],
+                              "seed": by_name[v]["seed"], "beta": by_name[v]["beta"]}
+               for v in ("mix_learned", "mix_0.25", "mix_0.75"))
     for g in grid:  # every entry is a valid model config
         FusionConfig.from_dict({k: v for k, v in g.items() if k not in ("variant", "seed")})
 
@@ -222,3 +230,25 @@ def test_run_ablation_calls_the_grid_runner_with_the_space(store: dict, tmp_path
     with pytest.raises(ConfigError):
         run_ablation(bad, run_grid)
 
+
+
+def test_mix_variants_have_their_own_rows(tmp_path: Path) -> None:
+    """A learned or fixed local/global weight is a row of its own, after the paper's variants."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("mix", artifact_location=(tmp_path / "art").as_uri())
+    BASE.update({"mix_learned": 0.91, "mix_0.25": 0.89})
+    try:
+        for variant in ("mix_0.25", "mix_learned", "full"):
+            for seed in (0, 1):
+                _add_run(client, exp, variant, 0.1, seed)
+        rows = rows_from_runs(client.search_runs([exp]))
+    finally:
+        for key in ("mix_learned", "mix_0.25"):
+            BASE.pop(key)
+    table = ablation_table(rows)
+    assert list(table.index) == ["full", "mix_learned", "mix_0.25"]
+    assert table.loc["mix_learned", "synth_lfw"] == "92.50 ± 0.71"
+    learned = next(r for r in rows if r["variant"] == "mix_learned")
+    assert learned["beta"] == 0.1
+    run = client.get_run(learned["run_id"])
+    assert run.data.params["mix"] == "learned"  # the grid entry's weight is a param of the run

@@ -53,6 +53,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from facefuse.errors import ConfigError
+from facefuse.sweep.spaces import check_domain
 from facefuse.tracking.store import resolve_tracking_uri
 from facefuse.train.context import TrialContext
 
@@ -459,6 +460,8 @@ def _check_params(path: Optional[PathLike], params: dict[str, Any]) -> None:
             fix = f"did you mean params.{close[0]}?" if close else \
                 f"valid keys: {', '.join(sorted(known - set(reserved)))}"
             raise _fail(path, f"params.{key}", f"unknown key 'params.{key}'", fix)
+        # a bounded model setting (mix) fails here, not in every trial
+        check_domain(path, f"params.{key}", key, [params[key]])
 
 
 # --------------------------------------------------------------------------- loading

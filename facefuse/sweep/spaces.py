@@ -88,6 +88,40 @@ ODD_PARAMS = ("local_window", "dw_kernel")
 
 
 @dataclass(frozen=True)
+class Domain:
+    """The values a bounded parameter may take: numbers in [low, high] and some words."""
+
+    low: float
+    high: float
+    words: tuple[str, ...] = ()
+    fix: str = ""
+
+
+#: Parameters whose values are bounded; a space reaching outside fails when it is loaded.
+DOMAINS: dict[str, Domain] = {
+    # the local branch's weight against the global one, or a learned gate
+    "mix": Domain(0.0, 1.0, ("learned",), "the local branch's weight lies in [0, 1]; write "
+                  "e.g. {distribution: categorical, choices: [learned, 0.25, 0.5, 0.75]}"),
+}
+
+
+def check_domain(path: Optional[PathLike], key: str, name: str, values: list[Any]) -> None:
+    """Raises ConfigError when a bounded parameter (``DOMAINS``) is given a value outside it."""
+    domain = DOMAINS.get(name)
+    if domain is None:
+        return
+    bad = [v for v in values if not (
+        (isinstance(v, str) and v in domain.words)
+        or (isinstance(v, numbers.Real) and not isinstance(v, bool)
+            and domain.low <= v <= domain.high))]
+    if bad:
+        allowed = f"numbers in [{domain.low:g}, {domain.high:g}]" + \
+            "".join(f" or {w!r}" for w in domain.words)
+        raise ConfigError(path, f"{name} takes {allowed}; got {bad}", field=key,
+                          fix=domain.fix or f"keep {name} within its domain")
+
+
+@dataclass(frozen=True)
 class ParamSpec:
     """One searched parameter."""
 
@@ -252,6 +286,7 @@ def _parse_param(path: Path, name: str, raw: Any, earlier: Mapping[str, ParamSpe
             if not isinstance(c, (str, int, float, bool)) or c is None:
                 raise ConfigError(path, f"{key}.choices holds {c!r}; choices are scalars",
                                   field=f"{key}.choices", fix="use numbers, strings or booleans")
+        check_domain(path, f"{key}.choices", name, list(choices))
         spec = ParamSpec(name, dist, choices=tuple(choices), when=tuple(when))
         if name in ODD_PARAMS:
             even = [c for c in choices if not (isinstance(c, int) and c >= 1 and c % 2 == 1)]
@@ -283,6 +318,7 @@ def _parse_param(path: Path, name: str, raw: Any, earlier: Mapping[str, ParamSpe
         if log:
             raise ConfigError(path, "a stepped range cannot be log-scale", field=f"{key}.step",
                               fix="drop step or log")
+    check_domain(path, key, name, [low, high])
     if kind.integer:
         for k, v in (("low", low), ("high", high), ("step", step)):
             if v is not None and not float(v).is_integer():

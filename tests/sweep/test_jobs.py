@@ -55,6 +55,16 @@ def test_unknown_param_suggests_model_field(tmp_path: Path) -> None:
     assert err.value.field == "params.d_modle" and "d_model" in str(err.value)
 
 
+def test_fixed_mix_is_checked_against_its_domain(tmp_path: Path) -> None:
+    job = parse_job(_raw(tmp_path, params={"mix": "learned"}), "j.yaml")
+    assert fixed_config(job)["mix"] == "learned"  # so every trial run records it as a param
+    assert parse_job(_raw(tmp_path, params={"mix": 0.25}), "j.yaml").params["mix"] == 0.25
+    for bad in (1.5, "learnt"):
+        with pytest.raises(ConfigError) as err:
+            parse_job(_raw(tmp_path, params={"mix": bad}), "j.yaml")
+        assert err.value.field == "params.mix" and "[0, 1]" in str(err.value)
+
+
 @pytest.mark.parametrize("section,key,value,field", [
     (None, "epochs", "three", "epochs"),
     (None, "trials", 2.5, "trials"),

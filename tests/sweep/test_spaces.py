@@ -106,3 +106,33 @@ def test_conditional_parameter(tmp_path: Path) -> None:
     seen = [space.sample(study.ask()) for _ in range(12)]
     assert all(("dw_kernel" in s) == (s["branches"] == "local") for s in seen)
     assert {s["branches"] for s in seen} == {"local", "global"}
+
+
+def test_mix_is_searchable_as_words_and_weights(tmp_path: Path) -> None:
+    from facefuse.model import FusionConfig
+
+    space = load_search_space(_write(tmp_path, {
+        "mix": {"distribution": "categorical", "choices": ["learned", 0.25, 0.5, 0.75]}}))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = [space.sample(study.ask())["mix"] for _ in range(16)]
+    assert {"learned", 0.25, 0.75} <= set(seen)
+    for value in seen:  # every draw builds a model config
+        assert FusionConfig(mix=value).mix == value
+    ranged = load_search_space(_write(tmp_path, {
+        "mix": {"distribution": "float", "low": 0.0, "high": 1.0}}))
+    assert ranged.params["mix"].contains(0.3)
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"distribution": "categorical", "choices": ["learned", 1.5]}, "params.mix.choices"),
+    ({"distribution": "categorical", "choices": ["learnt", 0.5]}, "params.mix.choices"),
+    ({"distribution": "categorical", "choices": [True, 0.5]}, "params.mix.choices"),
+    ({"distribution": "float", "low": 0.0, "high": 2.0}, "params.mix"),
+    ({"distribution": "float", "low": -0.5, "high": 0.5}, "params.mix"),
+])
+def test_mix_outside_its_domain_is_refused(tmp_path: Path, spec: dict, field: str) -> None:
+    p = _write(tmp_path, {"mix": spec})
+    with pytest.raises(ConfigError) as err:
+        load_search_space(p)
+    assert err.value.field == field and str(p) in str(err.value)
+    assert "[0, 1]" in str(err.value) and "learned" in str(err.value)
