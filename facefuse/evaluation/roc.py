@@ -123,12 +123,20 @@ def tar_from_roc(fpr: np.ndarray, tpr: np.ndarray, fars: Iterable[float] = DEFAU
     On ties the point with the highest TPR wins: insightface's eval_ijbc.py flips the
     ROC arrays and takes the first minimum, i.e. the last point in ascending-FPR order.
     """
-    out: dict[float, float] = {}
-    last = len(fpr) - 1
-    for far in fars:
-        dist_rev = np.abs(fpr - far)[::-1]
-        out[float(far)] = float(tpr[last - int(np.argmin(dist_rev))])
-    return out
+    return {float(far): float(tpr[_point_at_far(fpr, far)]) for far in fars}
+
+
+def _point_at_far(fpr: np.ndarray, far: float) -> int:
+    """Returns the index of the ROC point read for a target FAR (see tar_from_roc)."""
+    dist_rev = np.abs(fpr - far)[::-1]
+    return len(fpr) - 1 - int(np.argmin(dist_rev))
+
+
+def threshold_at_far(labels: Iterable, scores: Iterable, far: float) -> float:
+    """Returns the score threshold of the ROC point tar_at_far reads for ``far``: accepting
+    pairs with score >= it gives exactly that point's TAR and FAR (inf: accept none)."""
+    fpr, _, thresholds = roc_curve(labels, scores)
+    return float(thresholds[_point_at_far(fpr, far)])
 
 
 def tar_at_far(labels: Iterable, scores: Iterable, fars: Iterable[float] = DEFAULT_FARS

@@ -54,14 +54,10 @@ def pair_distances(emb1: Iterable, emb2: Iterable) -> np.ndarray:
     return np.sum(np.square(l2_normalize(e1) - l2_normalize(e2)), 1)
 
 
-def verification_accuracy(emb1: Iterable, emb2: Iterable, issame: Iterable,
-                          n_folds: int = 10) -> tuple[float, float]:
-    """Returns (mean, std) of the n_folds test-fold accuracies of the 10-fold protocol.
-
-    emb1[i] and emb2[i] are the two faces of pair i (not necessarily normalised); issame[i]
-    is 1/True when they show the same person. n_folds=1 tests on the training set, as
-    insightface's LFold does.
-    """
+def _fold_thresholds(emb1: Iterable, emb2: Iterable, issame: Iterable, n_folds: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (distances, fold bounds, correct [fold, threshold], fold sizes, best threshold
+    index per fold chosen on the other folds) of the n_folds protocol."""
     dist = pair_distances(emb1, emb2)
     same = binary_labels("issame", issame)
     n = same_length(emb1=dist, issame=same)
@@ -91,6 +87,31 @@ def verification_accuracy(emb1: Iterable, emb2: Iterable, issame: Iterable,
     # Accuracy on the training folds is count / size with one size per fold, so the
     # argmax of the counts is the argmax of the accuracies, first best threshold on ties.
     best = np.argmax(train_correct, axis=1)
-    accuracy = np.array([float(correct[f, best[f]]) / float(sizes[f]) for f in range(n_folds)])
     logger.debug("verification: %d pairs, best thresholds %s", n, THRESHOLDS[best])
+    return dist, bounds, correct, sizes, best
+
+
+def verification_accuracy(emb1: Iterable, emb2: Iterable, issame: Iterable,
+                          n_folds: int = 10) -> tuple[float, float]:
+    """Returns (mean, std) of the n_folds test-fold accuracies of the 10-fold protocol.
+
+    emb1[i] and emb2[i] are the two faces of pair i (not necessarily normalised); issame[i]
+    is 1/True when they show the same person. n_folds=1 tests on the training set, as
+    insightface's LFold does.
+    """
+    _, _, correct, sizes, best = _fold_thresholds(emb1, emb2, issame, n_folds)
+    accuracy = np.array([float(correct[f, best[f]]) / float(sizes[f]) for f in range(n_folds)])
     return float(np.mean(accuracy)), float(np.std(accuracy))
+
+
+def verification_decisions(emb1: Iterable, emb2: Iterable, issame: Iterable,
+                           n_folds: int = 10) -> np.ndarray:
+    """Returns the protocol's "same person" decision per pair, bool [N]: each fold's pairs
+    judged at the threshold chosen on the other folds, exactly as verification_accuracy counts
+    them (its fold accuracies are the folds' shares of decisions equal to issame)."""
+    dist, bounds, _, _, best = _fold_thresholds(emb1, emb2, issame, n_folds)
+    decided = np.empty(len(dist), dtype=bool)
+    for f in range(len(best)):
+        sl = slice(bounds[f], bounds[f + 1])
+        decided[sl] = dist[sl] < THRESHOLDS[best[f]]
+    return decided
