@@ -291,6 +291,41 @@ def ablation_stats(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> p
     return grouped[cols].reset_index(drop=True)
 
 
+#: The variants that read one backbone's map: the fusion's gain is measured against the better.
+SINGLE_BACKBONE_VARIANTS = ("arcface_only", "adaface_only")
+
+
+def fusion_gains(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Returns per dataset the full model's gain over the better single-backbone variant.
+
+    Each variant's value is its mean over seeds at its best beta for that dataset (the
+    ablation table's default cells). Keys: ``gain`` (full minus the better single, in percent
+    points for fractions; positive = the fusion is better, also for lower-is-better metrics),
+    ``unit`` (" pts" or ""), ``versus`` (that variant), ``full`` and ``single`` (their means, same
+    units) and ``n`` (seeds behind the full model's mean). Datasets without the full model or
+    either single-backbone variant are left out.
+    """
+    stats = ablation_stats(rows, "best")
+    if stats.empty:
+        return {}
+    factor = _scale(stats)
+    out: dict[str, dict[str, Any]] = {}
+    for dataset, part in stats.groupby("dataset", sort=False):
+        means = dict(zip(part["variant"], part["mean"]))
+        singles = {v: means[v] for v in SINGLE_BACKBONE_VARIANTS if v in means}
+        if "full" not in means or not singles:
+            continue
+        sign = 1.0 if higher_is_better(str(part["metric"].iloc[0])) else -1.0
+        versus = max(singles, key=lambda v: sign * singles[v])
+        f = factor[dataset]
+        out[str(dataset)] = {
+            "gain": sign * (means["full"] - singles[versus]) * f,
+            "unit": " pts" if f == 100.0 else "", "versus": versus,
+            "full": means["full"] * f, "single": singles[versus] * f,
+            "n": int(part.loc[part["variant"] == "full", "n"].iloc[0])}
+    return out
+
+
 def _scale(stats: pd.DataFrame) -> dict[str, float]:
     # Accuracies and TARs are fractions; the field reads them in percent.
     scale = {}

@@ -11,6 +11,10 @@ them to the experiment's parent (sweep) runs under ``report/``:
   ``roc_<dataset>.npz`` artifact);
 - ``importance_<sweep_id>.csv`` / ``.png``: Optuna parameter importances (optuna's default
   evaluator, PED-ANOVA in optuna 5) of each sweep, from the trials that ran their full budget;
+- ``backbone_similarity.md`` / ``.csv``: per dataset the two backbones' linear CKA and the
+  correlation of their verification errors, beside the fusion's gain over the better single
+  backbone (``facefuse.similarity_report``). It reads the maps from the feature store each
+  sweep's ``resolved_job.json`` names (the one part not from MLflow alone);
 - ``report.md``: an index of the above that also says what was skipped and why.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -28,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from facefuse.ablation import QUALITY_ORDER, ablation_table, rows_from_runs, write_table
+from facefuse.ablation import (QUALITY_ORDER, ablation_table, fusion_gains, rows_from_runs,
+                               write_table)
 from facefuse.data._io import atomic_write, atomic_write_text
 from facefuse.selection import (
     collect_trials,
@@ -40,6 +46,8 @@ from facefuse.selection import (
     run_variant,
 )
 from facefuse.errors import FacefuseError
+from facefuse.similarity_report import (BackboneComparison, StoreSource, compare_sources,
+                                        comparison_rows, source_from_job)
 from facefuse.sweep.spaces import load_search_space
 from facefuse.tables import format_table
 from facefuse.tracking import schema as S
@@ -72,6 +80,9 @@ class Report:
     importances: dict[str, dict[str, float]] = field(default_factory=dict)  # sweep id -> values
     #: sweep id -> where the importances' distributions came from (space file, or "inferred")
     importance_space: dict[str, str] = field(default_factory=dict)
+    backbones: list[BackboneComparison] = field(default_factory=list)
+    #: the backbone-similarity table as the terminal shows it ("" when none was made)
+    backbone_table: str = ""
 
 
 def _save_figure(fig: "Figure", path: Path) -> Path:
@@ -386,11 +397,87 @@ def plot_importances(importances: dict[str, float], title: str, path: Path) -> P
 
 
 # ---------------------------------------------------------------------------------------------
+# Backbone similarity
+# ---------------------------------------------------------------------------------------------
+RESOLVED_JOB = "resolved_job.json"
+
+
+def _store_sources(client: "MlflowClient", parents: Sequence["Run"]
+                   ) -> tuple[list[StoreSource], list[str]]:
+    """Returns (where each sweep's maps live, reasons for sweeps that name none)."""
+    sources, skipped = [], []
+    for parent in parents:
+        sid = parent.data.tags.get(S.TAG_SWEEP_ID, "") or parent.info.run_id
+        path = _find_artifact(client, parent.info.run_id, RESOLVED_JOB)
+        if path is None:
+            skipped.append(f"backbone similarity of sweep {sid}: no {RESOLVED_JOB} artifact")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(parent.info.run_id, path, tmp)
+            try:
+                job = json.loads(Path(local).read_text()).get("job") or {}
+                sources.append(source_from_job(job, sid, f"run {parent.info.run_id}/{path}"))
+            except (FacefuseError, ValueError, AttributeError) as exc:
+                skipped.append(f"backbone similarity of sweep {sid}: {exc}")
+    return sources, skipped
+
+
+def _backbone_section(report: "Report", out: Path, client: "MlflowClient",
+                      parents: Sequence["Run"], rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Returns the report.md lines of the backbone-similarity table after writing its files."""
+    sources, skipped = _store_sources(client, parents)
+    comparisons, more = compare_sources(sources)
+    report.skipped += skipped + more
+    if not comparisons:
+        if not skipped and not more:
+            report.skipped.append("backbone similarity: no sweep named a feature store")
+        return []
+    report.backbones = comparisons
+    gains = fusion_gains(rows)
+    header, body = comparison_rows(comparisons, gains)
+    level = comparisons[0].errors.level
+    notes = [
+        f"CKA: linear CKA of the two backbones' maps, spatially pooled (up to "
+        f"{max(c.pooled_items for c in comparisons)} images) and flattened (up to "
+        f"{max(c.flat_items for c in comparisons)}), seeded subsamples; 'shuffled' pairs "
+        "unrelated images, the value CKA gives by chance at these sizes.",
+        "Errors: each backbone's own embedding (flip-fused) decides every pair at its own "
+        "threshold (verification: the 10-fold protocol's; IJB: where the ROC is read at the "
+        "dataset's primary FAR); 'both' counts pairs both get wrong, in brackets what "
+        "independent errors would give; phi is the correlation of the two error indicators "
+        f"with a {level:.0%} bootstrap interval over pairs (IJB pairs share templates: too "
+        "narrow there), over all pairs and within genuine pairs (false rejections) and "
+        "impostor pairs (false acceptances): at a strict FAR nearly all errors are genuine "
+        "pairs', so phi over all pairs mostly reflects the class.",
+        "Fusion gain: the full model minus the better of arcface_only / adaface_only, each at "
+        "its best beta, mean over seeds (ablation runs of this experiment; '-' without them).",
+    ]
+    md = atomic_write_text(out / "backbone_similarity.md",
+                           format_table(header, body) + "\n\n" + "\n\n".join(notes) + "\n")
+    csv_rows = [c.to_row() for c in comparisons]
+    for r in csv_rows:
+        g = gains.get(r["dataset"])
+        r.update(fusion_gain=g["gain"] if g else "", fusion_gain_versus=g["versus"] if g else "")
+    keys = list(csv_rows[0])
+    csv_path = atomic_write_text(out / "backbone_similarity.csv",
+                                 _csv_text(keys, [[r[k] for k in keys] for r in csv_rows]))
+    report.files += [md, csv_path]
+    report.backbone_table = format_table(header, body, markdown=False)
+    return ["## Backbone similarity", "", md.read_text().rstrip(), "",
+            f"Numbers: [{csv_path.name}]({csv_path.name})", ""]
+
+
+# ---------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------
 def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str, os.PathLike],
-                log_artifacts: bool = True, table_beta: Union[str, float] = "best") -> Report:
-    """Returns the Report after writing every part that the experiment's runs support."""
+                log_artifacts: bool = True, table_beta: Union[str, float] = "best",
+                backbones: bool = True) -> Report:
+    """Returns the Report after writing every part that the experiment's runs support.
+
+    ``backbones``: compare the two backbones on every evaluated dataset from the sweeps'
+    feature stores (reads every stored map of those sets; off for a quick report).
+    """
     client = open_tracking(tracking_uri)
     ids = experiment_ids(client, experiment)
     out = Path(out_dir).resolve()
@@ -411,6 +498,9 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
                      f"Numbers: [{csv_path.name}]({csv_path.name})", ""]
     else:
         report.skipped.append("ablation table: no runs with a facefuse.variant tag")
+
+    if backbones:
+        sections += _backbone_section(report, out, client, parents, rows)
 
     datasets = _evaluated_datasets(runs)
     curves = _beta_curves(client, ids, datasets)

@@ -21,18 +21,26 @@ def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "one row per beta ('all'), or one beta value")
     parser.add_argument("--no-log", action="store_true",
                         help="do not log the files to the parent runs")
+    parser.add_argument("--no-backbones", action="store_true",
+                        help="skip comparing the two backbones (CKA, error correlation) on the "
+                             "evaluated sets; it reads every stored map of those sets")
     return parser
 
 
 def run_report(args: argparse.Namespace) -> Report:
     """Returns the Report for parsed report arguments."""
     return make_report(args.tracking_uri, args.experiment, args.out,
-                       log_artifacts=not args.no_log, table_beta=args.table_beta)
+                       log_artifacts=not args.no_log, table_beta=args.table_beta,
+                       backbones=not args.no_backbones)
 
 
 def format_report(report: Report) -> str:
     """Returns the text the report command prints: files written, skipped parts, logging."""
-    lines = [f"report written to {report.out_dir}:"]
+    lines = []
+    if report.backbone_table:
+        lines += ["backbone similarity (backbone_similarity.md has the notes):",
+                  report.backbone_table, ""]
+    lines += [f"report written to {report.out_dir}:"]
     lines += [f"  {p.name}" for p in report.files]
     if report.skipped:
         lines.append("skipped:")
