@@ -1,4 +1,5 @@
-"""Reports built from MLflow alone: ablation table, beta trade-off plot, ROC curves, importances.
+"""Reports built from MLflow (and the feature stores its sweeps name): ablation table, beta
+trade-off plot, ROC curves, importances, backbone similarity.
 
 ``make_report(tracking_uri, experiment, out_dir)`` writes every file into ``out_dir`` and logs
 them to the experiment's parent (sweep) runs under ``report/``:

@@ -1,4 +1,5 @@
-"""python -m platform.report --experiment NAME --out DIR: tables and plots from MLflow alone."""
+"""python -m platform.report --experiment NAME --out DIR: tables and plots from MLflow (and the
+backbone comparison from the feature stores its sweeps name)."""
 
 from __future__ import annotations
 
