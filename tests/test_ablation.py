@@ -231,7 +231,6 @@ def test_run_ablation_calls_the_grid_runner_with_the_space(store: dict, tmp_path
         run_ablation(bad, run_grid)
 
 
-
 def test_mix_variants_have_their_own_rows(tmp_path: Path) -> None:
     """A learned or fixed local/global weight is a row of its own, after the paper's variants."""
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
