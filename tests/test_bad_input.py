@@ -297,6 +297,20 @@ def space_empty_range(env: Env) -> Expect:
                   "empty range: low=0.1 >= high=0.001", FacefuseError)
 
 
+def space_mix_outside(env: Env) -> Expect:
+    space = env.tmp / "space.yaml"
+    space.write_text(yaml.safe_dump({"params": {
+        "mix": {"distribution": "categorical", "choices": ["learned", 1.5]}}}))
+    return Expect(run_job(env.job(search_space=str(space))), space, "params.mix.choices",
+                  "mix takes numbers in [0, 1] or 'learned'; got [1.5]", FacefuseError)
+
+
+def job_mix_unknown_word(env: Env) -> Expect:
+    path = env.job(params={"mix": "learnt"})
+    return Expect(run_job(path), path, "params.mix", "mix takes numbers in [0, 1] or 'learned'",
+                  FacefuseError)
+
+
 # ---- feature stores: s3:// on a real S3-compatible server (moto) on loopback, and local
 _MOTO: dict[str, Any] = {}
 
@@ -419,6 +433,10 @@ CASES = [
     Case("job_unknown_param", "job file params naming no setting (params.betta)",
          job_unknown_param),
     Case("space_empty_range", "search space with an empty range (low > high)", space_empty_range),
+    Case("space_mix_outside", "search space with a local/global weight outside [0, 1]",
+         space_mix_outside),
+    Case("job_mix_unknown_word", "job file params.mix neither a weight nor 'learned'",
+         job_mix_unknown_word),
     Case("store_unreachable", "feature store `s3://...` whose endpoint does not answer",
          store_unreachable),
     Case("store_missing_bucket", "feature store in a bucket that does not exist",

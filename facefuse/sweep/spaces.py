@@ -100,8 +100,9 @@ class Domain:
 #: Parameters whose values are bounded; a space reaching outside fails when it is loaded.
 DOMAINS: dict[str, Domain] = {
     # the local branch's weight against the global one, or a learned gate
-    "mix": Domain(0.0, 1.0, ("learned",), "the local branch's weight lies in [0, 1]; write "
-                  "e.g. {distribution: categorical, choices: [learned, 0.25, 0.5, 0.75]}"),
+    "mix": Domain(0.0, 1.0, ("learned",), "give the local branch's weight in [0, 1] (0.5: "
+                  "both equal) or learned; searched e.g. {distribution: categorical, choices: "
+                  "[learned, 0.25, 0.5, 0.75]}"),
 }
 
 
