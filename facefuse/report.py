@@ -442,8 +442,9 @@ def _backbone_section(report: "Report", out: Path, client: "MlflowClient",
         f"{max(c.pooled_items for c in comparisons)} images) and flattened (up to "
         f"{max(c.flat_items for c in comparisons)}), seeded subsamples; 'shuffled' pairs "
         "unrelated images, the value CKA gives by chance at these sizes.",
-        "Errors: each backbone's own embedding (flip-fused) decides every pair at its own "
-        "threshold (verification: the 10-fold protocol's; IJB: where the ROC is read at the "
+        "Errors: each backbone's own embedding (flip-fused when the sweep used the flip test) "
+        "decides every pair at its own threshold (verification: the 10-fold protocol's; IJB: "
+        "where the ROC is read at the "
         "dataset's primary FAR); 'both' counts pairs both get wrong, in brackets what "
         "independent errors would give; phi is the correlation of the two error indicators "
         f"with a {level:.0%} bootstrap interval over pairs (IJB pairs share templates: too "

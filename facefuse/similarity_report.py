@@ -3,7 +3,7 @@
 Per dataset: linear CKA of their maps (spatially pooled over every image, up to a seeded
 subsample; flattened on a smaller subsample; and the shuffled-rows baseline), and the correlation
 of their verification errors: each backbone's own embedding (its head on its stored map, plus the
-mirrored map's, as the protocol fuses flips) decides every pair at its own threshold (verification
+mirrored map's when the sweep used the flip test) decides every pair at its own threshold (verification
 sets: the 10-fold protocol's, each fold at the threshold chosen on the others; IJB sets: the
 threshold where the ROC is read at the dataset's primary FAR), and phi of "A wrong" against
 "B wrong" comes with a bootstrap interval (``facefuse.evaluation.similarity``).
@@ -138,6 +138,8 @@ def compare_backbones(s: EvalSet, arcface: torch.nn.Module, adaface: torch.nn.Mo
         for part in (slice(None), labels, ~labels))
     decided_at = ("10-fold thresholds" if s.kind == "verification"
                   else f"threshold at FAR {far:g}")
+    if s.maps.a_flip is None:
+        decided_at += ", no flip test"
     logger.info("%s: CKA pooled %.3f (shuffled %.3f), flat %.3f; errors %d / %d, both %d, "
                 "phi %.3f (genuine %.3f, impostor %.3f)", s.name, cka_pooled, cka_shuffled,
                 cka_flat, errors.wrong_a, errors.wrong_b, errors.both, errors.phi, genuine.phi,
@@ -159,11 +161,12 @@ class StoreSource:
     adaface: str
     datasets: tuple[str, ...]
     sweep_id: str = ""
+    flips: bool = True  # the sweep's flip test (params.flip_test): mirrored maps in the store
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
+    def key(self) -> tuple[str, str, str, str, bool]:
         """Returns what identifies the maps (sweeps sharing it share comparisons)."""
-        return (self.data_root, self.cache_dir, self.arcface, self.adaface)
+        return (self.data_root, self.cache_dir, self.arcface, self.adaface, self.flips)
 
 
 def source_from_job(job: Mapping[str, Any], sweep_id: str = "",
@@ -184,8 +187,9 @@ def source_from_job(job: Mapping[str, Any], sweep_id: str = "",
                           field=missing[0], fix="report on a sweep run by platform.sweep")
     sel = job.get("selection") or {}
     names = list(data.get("eval") or []) + list(sel.get("validation") or [])
+    flips = bool((job.get("params") or {}).get("flip_test", True))
     return StoreSource(str(data["root"]), str(data["cache_dir"]), str(backbones["arcface"]),
-                       str(backbones["adaface"]), tuple(dict.fromkeys(names)), sweep_id)
+                       str(backbones["adaface"]), tuple(dict.fromkeys(names)), sweep_id, flips)
 
 
 def compare_sources(sources: Sequence[StoreSource], **options: Any
@@ -196,7 +200,7 @@ def compare_sources(sources: Sequence[StoreSource], **options: Any
 
     out: list[BackboneComparison] = []
     skipped: list[str] = []
-    done: set[tuple[tuple[str, str, str, str], str]] = set()
+    done: set[tuple[tuple[str, str, str, str, bool], str]] = set()
     for src in sources:
         todo = [d for d in src.datasets if (src.key, d) not in done]
         if not todo:
@@ -212,7 +216,7 @@ def compare_sources(sources: Sequence[StoreSource], **options: Any
         for name in todo:
             try:
                 (s,) = load_eval_sets([name], Path(src.data_root), pair, src.cache_dir,
-                                      build=False, progress=False)
+                                      build=False, progress=False, flips=src.flips)
                 out.append(compare_backbones(s, arcface, adaface, sweep_id=src.sweep_id,
                                              **options))
             except FacefuseError as exc:

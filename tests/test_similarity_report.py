@@ -144,3 +144,19 @@ def test_report_logs_and_prints_the_table_beside_the_fusion_gain(stored: dict,
 
     quick = make_report(uri, "sim", tmp_path / "quick", log_artifacts=False, backbones=False)
     assert not quick.backbones and "backbone_similarity.md" not in {p.name for p in quick.files}
+
+
+def test_a_sweep_without_the_flip_test_compares_the_original_maps_only(stored: dict,
+                                                                       tmp_path: Path) -> None:
+    """params.flip_test false: the store holds no mirrored eval maps, and none are asked for."""
+    cache = tmp_path / "cache"
+    pair = BackbonePair(stored["arcface"], stored["adaface"])
+    load_eval_sets(["synth_lfw"], stored["data"], pair, str(cache), build=True, progress=False,
+                   flips=False)
+    job = {**_job(stored, str(cache), ["synth_lfw"]), "params": {"flip_test": False}}
+    src = source_from_job(job, "nf")
+    assert src.flips is False
+    (c,), skipped = compare_sources([src], n_boot=100)
+    assert skipped == [] and c.decided_at == "10-fold thresholds, no flip test"
+    with_flips, _ = compare_sources([source_from_job(_job(stored, str(cache), ["synth_lfw"]))])
+    assert with_flips == []  # the flip test's mirrored maps were never extracted here
