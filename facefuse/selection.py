@@ -103,6 +103,12 @@ def higher_is_better(metric_key: str) -> bool:
     return not any(word in name for word in ("loss", "err", "eer", "far_at", "fnmr"))
 
 
+def metric_bounds(metric_key: str) -> Optional[tuple[float, float]]:
+    """Returns (0, 1) for the rates the protocols report (accuracy, TAR, AUC), else None."""
+    name = metric_key.rsplit("/", 1)[-1].lower()
+    return (0.0, 1.0) if name.startswith(("acc", "tar_", "auc")) and not name.endswith("_se") else None
+
+
 def is_seed_param(name: str) -> bool:
     """Returns whether a param only picks a random seed (repeats of a setting differ in it)."""
     return name == "seed" or name.endswith("_seed") or name.endswith(".seed")
@@ -529,7 +535,11 @@ def _value_at(client: "MlflowClient", ids: dict[str, str], key: str, sweep_id: O
         return None
     try:
         # beta is fixed by the selection: this fit is not maximised, so no optimism to correct.
-        return estimate_beta(curves, higher, budget, n_bootstrap=10).at(beta)
+        # Held within the values the trials reached: at the edge of the searched range the fit
+        # extrapolates (a held-out accuracy of 1.04 was once reported).
+        value = estimate_beta(curves, higher, budget, n_bootstrap=10).at(beta)
+        finals = [c.history[c.last_epoch] for c in curves]
+        return float(min(max(value, min(finals)), max(finals)))
     except SweepTooSmallError:
         values = [c.history[c.last_epoch] for c in curves if c.trial_id in set(run_ids)]
         return float(np.mean(values)) if values else None
@@ -602,7 +612,7 @@ def select_beta(tracking_uri: Optional[str], dataset: str, metric: Optional[str]
                      f"valued on the full set, no held-out value -- rerun the sweep with this "
                      f"version of facefuse")
     try:
-        estimate = estimate_beta(curves, higher, budget)
+        estimate = estimate_beta(curves, higher, budget, bounds=metric_bounds(metric_key))
     except SweepTooSmallError as exc:
         notes.append(f"sweep too small to fit the curve ({exc}) -- run a sweep with more "
                      f"trials (num_samples >= 12) or a confirmation round "

@@ -320,12 +320,14 @@ def _fmt_beta(value: float) -> str:
 
 def estimate_beta(trials: Sequence[TrialCurve], higher_is_better: bool = True,
                   budget_epoch: int | None = None, n_bootstrap: int = N_BOOTSTRAP,
-                  seed: int = 0, level: float = LEVEL) -> BetaEstimate:
+                  seed: int = 0, level: float = LEVEL,
+                  bounds: tuple[float, float] | None = None) -> BetaEstimate:
     """Returns the best beta, the expected metric there and their intervals, from every trial.
 
     ``budget_epoch`` is the full budget's last epoch (default: the latest epoch any trial
-    logged); trials stopped before it enter through the learning-curve model. Raises
-    SweepTooSmallError when fewer than MIN_TRIALS trials can be used.
+    logged); trials stopped before it enter through the learning-curve model. ``bounds`` are
+    the metric's own limits (accuracy and TAR lie in [0, 1]): intervals and bands are cut
+    there. Raises SweepTooSmallError when fewer than MIN_TRIALS trials can be used.
     """
     trials = [t for t in trials if t.history and t.beta > 0 and math.isfinite(t.beta)]
     if not trials:
@@ -426,7 +428,7 @@ def estimate_beta(trials: Sequence[TrialCurve], higher_is_better: bool = True,
     seen = sign * finals[ok]
     clipped = min(max(value_signed, float(seen.min())), float(seen.max()))
     if clipped != value_signed:
-        logger.warning("the curve's value at the choice (%.4g) lies outside the trials' range; "
+        logger.info("the curve's value at the choice (%.4g) lies outside the trials' range; "
                        "reported as %.4g", sign * value_signed, sign * clipped)
         value_signed = clipped
     # The benchmark's own sampling error is shared by all trials at the choice: it adds to the
@@ -439,6 +441,8 @@ def estimate_beta(trials: Sequence[TrialCurve], higher_is_better: bool = True,
     v_lo, v_hi = value_signed + float(d_lo), value_signed + float(d_hi)
     value = sign * value_signed
     v_interval = (min(sign * v_lo, sign * v_hi), max(sign * v_lo, sign * v_hi))
+    if bounds is not None:
+        v_interval = (max(v_interval[0], bounds[0]), min(v_interval[1], bounds[1]))
     beta = float(10.0 ** grid[i_hat])
     interval = (float(10.0 ** x_lo), float(10.0 ** x_hi))
     at_edge = i_hat in (0, len(grid) - 1) or x_lo <= lo + 1e-9 or x_hi >= hi - 1e-9
@@ -457,6 +461,9 @@ def estimate_beta(trials: Sequence[TrialCurve], higher_is_better: bool = True,
         verdict += ("; the best beta may lie outside the searched range "
                     f"{_fmt_beta(10 ** lo)} to {_fmt_beta(10 ** hi)}: widen it")
     bands = np.quantile(boot_curves, [alpha, 1.0 - alpha], axis=0)
+    if bounds is not None:
+        bands = np.clip(bands, sign * bounds[0], sign * bounds[1]) if sign > 0 else \
+            np.clip(bands, -bounds[1], -bounds[0])
     share: dict[str, float] = {}
     for b_ in searched:
         near = np.abs(boot_arg - math.log10(b_)) <= 0.25

@@ -230,3 +230,6 @@ def test_a_small_sweep_with_many_settings_gives_a_value_the_trials_support() -> 
     assert abs(est.optimism) <= max(finals) - min(finals), est.optimism
     assert min(finals) <= est.value <= max(finals), est.value
     assert est.value_interval[0] <= est.value <= est.value_interval[1]
+    bounded = estimate_beta(trials, budget_epoch=3, n_bootstrap=N_BOOT, seed=0, bounds=(0.0, 1.0))
+    assert 0.0 <= bounded.value_interval[0] <= bounded.value <= bounded.value_interval[1] <= 1.0
+    assert max(bounded.grid_upper) <= 1.0 and min(bounded.grid_lower) >= 0.0
