@@ -74,6 +74,17 @@ def ensure_synth(data_root: Path, seed: int = 0) -> bool:
     return True
 
 
+def ensure_ladder(data_root: Path, seed: int = 0) -> bool:
+    """Builds the quality ladder (facefuse.synth.ladder) unless complete; returns True when it had to build."""
+    from facefuse.synth import build_ladder, ladder_is_complete
+
+    if ladder_is_complete(data_root, seed=seed):
+        logger.info("quality ladder in %s is complete; skipping", data_root)
+        return False
+    build_ladder(data_root, seed=seed)
+    return True
+
+
 def _backbones_marker(out_dir: Path) -> Path:
     return out_dir / "pretrain_done.json"
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from facefuse.errors import ConfigError
 from facefuse.sweep.jobs import JobSpec, eval_flips, load_job, resolve_paths, train_flips, trial_context
-from facefuse.embedded import embedded_paths, ensure_synth, ensure_tiny_backbones
+from facefuse.embedded import embedded_paths, ensure_ladder, ensure_synth, ensure_tiny_backbones
 from facefuse.tracking import schema as S
 from facefuse.tracking.store import experiment_ids, open_tracking, search_all_runs
 
@@ -30,6 +30,8 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
     t0 = time.perf_counter()
     if Path(job.data.root) == emb.data_root:
         ensure_synth(emb.data_root, seed=0)
+        if any(_is_ladder(d) for d in [*job.data.eval, *job.selection.validation]):
+            ensure_ladder(emb.data_root, seed=0)
     if Path(job.backbones.arcface) == emb.arcface_checkpoint or \
             Path(job.backbones.adaface) == emb.adaface_checkpoint:
         ensure_tiny_backbones(emb.data_root, emb.backbones_dir, seed=0)
@@ -48,6 +50,12 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
     check_train_subset(job)
     logger.info("job %s prepared in %.0fs", job.name, time.perf_counter() - t0)
     return job, trial_context(job)
+
+
+def _is_ladder(name: str) -> bool:
+    from facefuse.data.registry import LADDER_NAMES
+
+    return name in LADDER_NAMES
 
 
 def job_datasets(job) -> list:

@@ -10,6 +10,10 @@ them to the experiment's parent (sweep) runs under ``report/``:
   ``facefuse.selection``; ``best_beta_by_dataset.csv`` holds each curve's preferred beta;
 - ``roc_best_trials.png``: the ROC curve of the best trial per IJB set (from its
   ``roc_<dataset>.npz`` artifact);
+- ``beta_vs_quality_<sweep_id>.png`` / ``.csv`` / ``.json``: for each sweep that logged its
+  datasets' measured quality (job ``selection.quality``), each set's best beta with its 90%
+  interval against that quality, the weighted linear fit of log10(beta) on it with its
+  prediction band, and the fit's verdict (``facefuse.quality.beta_vs_quality``);
 - ``importance_<sweep_id>.csv`` / ``.png``: Optuna parameter importances (optuna's default
   evaluator, PED-ANOVA in optuna 5) of each sweep, from the trials that ran their full budget;
 - ``backbone_similarity.md`` / ``.csv``: per dataset the two backbones' linear CKA and the
@@ -36,7 +40,7 @@ import numpy as np
 
 from facefuse.ablation import (QUALITY_ORDER, ablation_table, fusion_gains, rows_from_runs,
                                write_table)
-from facefuse.data._io import atomic_write, atomic_write_text
+from facefuse.data._io import atomic_write, atomic_write_json, atomic_write_text
 from facefuse.selection import (
     collect_trials,
     fit_curve,
@@ -49,6 +53,7 @@ from facefuse.selection import (
 from facefuse.errors import FacefuseError
 from facefuse.similarity_report import (BackboneComparison, StoreSource, compare_sources,
                                         comparison_rows, source_from_job)
+from facefuse.quality import BetaQualityStudy, studies_of_experiment
 from facefuse.sweep.spaces import load_search_space
 from facefuse.tables import format_table
 from facefuse.tracking import schema as S
@@ -84,6 +89,8 @@ class Report:
     backbones: list[BackboneComparison] = field(default_factory=list)
     #: the backbone-similarity table as the terminal shows it ("" when none was made)
     backbone_table: str = ""
+    #: best beta against measured quality, one study per sweep that logged qualities
+    beta_quality: list[BetaQualityStudy] = field(default_factory=list)
 
 
 def _save_figure(fig: "Figure", path: Path) -> Path:
@@ -186,6 +193,38 @@ def plot_beta_tradeoff(curves: Sequence[dict[str, Any]], path: Path) -> Path:
     fig.suptitle("primary metric vs beta (points: settings averaged over seeds; "
                  "line and band: smoothed curve, 90% bootstrap band; star: curve optimum)",
                  fontsize=9)
+    return _save_figure(fig, path)
+
+
+def plot_beta_vs_quality(study: BetaQualityStudy, path: Path) -> Path:
+    """Returns the path of a PNG: each level's best beta (90% interval) against its measured
+    quality (standard error), with the fitted line and its 90% prediction band."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.8))
+    ax = fig.subplots()
+    for p in study.points:
+        lo, hi = p.beta_interval
+        ax.errorbar([p.quality], [p.beta], xerr=[[p.quality_se], [p.quality_se]],
+                    yerr=[[p.beta - lo], [hi - p.beta]], fmt="o" if not p.at_edge else "s",
+                    mfc="C0" if not p.at_edge else "white", color="C0", capsize=3)
+        ax.annotate(p.dataset, (p.quality, p.beta), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
+    if study.fit is not None:
+        q_lo, q_hi = study.fit.quality_range
+        pad = 0.1 * (q_hi - q_lo)
+        grid = np.linspace(q_lo - pad, q_hi + pad, 60)
+        pred = [study.fit.predict(float(q)) for q in grid]
+        ax.plot(grid, [10.0 ** c for c, _ in pred], color="C1",
+                label="fit" + ("" if study.fit.relation else " (no relation: slope covers 0)"))
+        ax.fill_between(grid, [10.0 ** b[0] for _, b in pred], [10.0 ** b[1] for _, b in pred],
+                        color="C1", alpha=0.15, linewidth=0, label="90% prediction band")
+        ax.legend(fontsize=8, loc="best")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"measured quality: {study.measure} (mean over images, ± s.e.)")
+    ax.set_ylabel("best beta (90% interval; squares: at the searched range's edge)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(study.summary(), fontsize=8, wrap=True)
     return _save_figure(fig, path)
 
 
@@ -557,7 +596,7 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
         png = plot_importances(importances, f"sweep {label}: parameter importances "
                                f"({n_used} full-budget trials)", out / f"{stem}.png")
         report.files += [csv_path, png]
-        per_sweep[sweep_id] = [csv_path, png]
+        per_sweep.setdefault(sweep_id, []).extend([csv_path, png])
         report.importances[sweep_id] = importances
         source = (f"search space {parent.data.tags[S.TAG_SEARCH_SPACE]}"
                   if space and parent is not None else "inferred")
@@ -569,6 +608,30 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
                      f"![importances]({png.name})", ""]
         sections += [f"- {k}: {v:.3f}" for k, v in importances.items()]
         sections.append("")
+
+    studies = studies_of_experiment(tracking_uri, experiment)
+    for study in studies:
+        stem = f"beta_vs_quality_{_safe_name(study.sweep_id or 'unnamed')}"
+        png = plot_beta_vs_quality(study, out / f"{stem}.png")
+        header = ["dataset", "quality", "quality_se", "beta", "beta_low", "beta_high", "at_edge",
+                  "n_trials"]
+        rows_q = [[p.dataset, f"{p.quality:.6g}", f"{p.quality_se:.3g}", f"{p.beta:.4g}",
+                   f"{p.beta_interval[0]:.4g}", f"{p.beta_interval[1]:.4g}",
+                   str(p.at_edge).lower(), p.n_trials] for p in study.points]
+        csv_path = atomic_write_text(out / f"{stem}.csv", _csv_text(header, rows_q))
+        json_path = out / f"{stem}.json"
+        atomic_write_json(json_path, study.to_json())
+        report.files += [png, csv_path, json_path]
+        per_sweep.setdefault(study.sweep_id, []).extend([png, csv_path, json_path])
+        report.beta_quality.append(study)
+        sections += [f"## Best beta against measured quality, sweep {study.sweep_id}", "",
+                     study.summary(), "", f"![beta vs quality]({png.name})", "",
+                     format_table(header, rows_q)]
+        sections += [f"- skipped {s}" for s in study.skipped] + [""]
+    if not studies:
+        report.skipped.append("best beta vs quality: no sweep logged its datasets' measured "
+                              "quality (a job with selection.quality, e.g. "
+                              "jobs/beta_vs_quality.yaml)")
 
     if report.skipped:
         sections += ["## Skipped", ""] + [f"- {s}" for s in report.skipped] + [""]

@@ -680,3 +680,165 @@ def write_sweep_to_mlflow(sweep: SimSweep, tracking_uri: str, experiment: str, d
         client.set_terminated(run.info.run_id, "FINISHED")
     client.set_terminated(parent_id, "FINISHED")
     return parent_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Best beta against measured image quality (the quality ladder)
+# ---------------------------------------------------------------------------------------------
+#: Fewest swept levels the beta-vs-quality relation is fitted on.
+MIN_LEVELS = 3
+#: Floor of a level's log10(beta) standard deviation (decades): a degenerate interval (every
+#: bootstrap replicate peaking at one grid point) is not a certainty.
+MIN_LOG_BETA_SD = 0.05
+#: How far (decades) a best beta whose interval reaches the searched range's edge may lie beyond
+#: it: such an interval is censored by the range, so it is widened on that side.
+EDGE_DECADES = 1.0
+
+
+class TooFewLevelsError(ValueError):
+    """Fewer than MIN_LEVELS levels (or levels of one quality) to fit beta against quality on."""
+
+
+def _z(level: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2.0))
+
+
+def _t(level: float, dof: int) -> float:
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(0.5 + level / 2.0, dof))
+
+
+def log_beta_sd(interval: tuple[float, float], searched: tuple[float, float],
+                level: float = LEVEL) -> float:
+    """Returns the standard deviation (decades) of a best beta from its ``level`` interval.
+
+    An interval that reaches an end of the searched range is widened by EDGE_DECADES on that
+    side first (the best beta may lie beyond it), and the result is at least MIN_LOG_BETA_SD.
+    """
+    lo, hi = (math.log10(v) for v in interval)
+    s_lo, s_hi = (math.log10(v) for v in searched)
+    if lo <= s_lo + 1e-6:
+        lo -= EDGE_DECADES
+    if hi >= s_hi - 1e-6:
+        hi += EDGE_DECADES
+    return max((hi - lo) / (2.0 * _z(level)), MIN_LOG_BETA_SD)
+
+
+@dataclass
+class QualityFit:
+    """log10(best beta) = centre_log_beta + slope * (quality - centre_quality), fitted on levels.
+
+    Weighted least squares with each level's weight 1 / (sd of its log10 beta^2 + slope^2 * se of
+    its quality^2) (errors in both coordinates, iterated); the covariance is scaled up by the
+    reduced chi-square when the levels scatter more than their intervals say (never down), and
+    intervals use Student's t with n - 2 degrees of freedom.
+    """
+
+    slope: float
+    slope_interval: tuple[float, float]
+    centre_quality: float
+    centre_log_beta: float
+    var_centre: float  # variance of the line at centre_quality
+    var_slope: float
+    scale: float  # max(1, chi-square / dof)
+    typical_var: float  # a level's own variance of log10 beta (mean over the levels), scaled
+    dof: int
+    n_levels: int
+    quality_range: tuple[float, float]
+    level: float = LEVEL
+
+    @property
+    def relation(self) -> bool:
+        """Returns True when the slope's interval excludes 0 (the data show a relation)."""
+        return self.slope_interval[0] > 0.0 or self.slope_interval[1] < 0.0
+
+    @property
+    def intercept(self) -> float:
+        """Returns log10(beta) of the line at quality 0."""
+        return self.centre_log_beta - self.slope * self.centre_quality
+
+    def line(self, quality: float) -> float:
+        """Returns the fitted log10(best beta) at a quality."""
+        return self.centre_log_beta + self.slope * (quality - self.centre_quality)
+
+    def predict(self, quality: float, quality_se: float = 0.0) -> tuple[float, tuple[float, float]]:
+        """Returns (log10 beta, its ``level`` prediction interval) for a dataset of this quality.
+
+        The interval is where a sweep of that dataset, like the levels' sweeps, would put its
+        best beta: the line's own uncertainty at that quality, the dataset's quality error
+        through the slope, and a level's typical scatter about the line.
+        """
+        d = quality - self.centre_quality
+        var = (self.var_centre + d * d * self.var_slope + self.slope ** 2 * quality_se ** 2
+               + self.typical_var)
+        half = _t(self.level, self.dof) * math.sqrt(var)
+        centre = self.line(quality)
+        return centre, (centre - half, centre + half)
+
+    def verdict(self, measure: str = "quality") -> str:
+        """Returns one line: the fitted relation with its slope interval, or that there is none."""
+        lo, hi = self.slope_interval
+        pct = int(round(self.level * 100))
+        if not self.relation:
+            return (f"no relation between best beta and {measure}: the slope's {pct}% interval "
+                    f"{lo:.3g} to {hi:.3g} decades per unit covers 0 ({self.n_levels} levels)")
+        return (f"log10(beta) = {self.intercept:.3g} + {self.slope:.3g} * {measure} "
+                f"(slope {pct}% interval {lo:.3g} to {hi:.3g}, {self.n_levels} levels)")
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the fit as one JSON-ready object."""
+        return {"slope": self.slope, "slope_interval": list(self.slope_interval),
+                "intercept": self.intercept, "centre_quality": self.centre_quality,
+                "centre_log_beta": self.centre_log_beta, "scale": self.scale,
+                "dof": self.dof, "n_levels": self.n_levels, "relation": self.relation,
+                "quality_range": list(self.quality_range), "level": self.level}
+
+
+def fit_beta_vs_quality(quality: Sequence[float], quality_se: Sequence[float],
+                        log_beta: Sequence[float], log_beta_sd: Sequence[float],
+                        level: float = LEVEL) -> QualityFit:
+    """Returns the weighted linear fit of log10(best beta) on measured quality (see QualityFit).
+
+    Raises TooFewLevelsError with fewer than MIN_LEVELS levels or when every level has the same
+    quality.
+    """
+    x = np.asarray(quality, float)
+    sx = np.abs(np.asarray(quality_se, float))
+    y = np.asarray(log_beta, float)
+    sy = np.maximum(np.asarray(log_beta_sd, float), MIN_LOG_BETA_SD)
+    n = len(x)
+    if n < MIN_LEVELS:
+        raise TooFewLevelsError(f"{n} level(s); the relation needs at least {MIN_LEVELS}")
+    if float(np.ptp(x)) <= 0.0:
+        raise TooFewLevelsError("every level has the same measured quality")
+    slope = 0.0
+    for _ in range(50):
+        var = sy ** 2 + slope ** 2 * sx ** 2
+        w = 1.0 / var
+        xc = float((w * x).sum() / w.sum())
+        yc = float((w * y).sum() / w.sum())
+        sxx = float((w * (x - xc) ** 2).sum())
+        new = float((w * (x - xc) * (y - yc)).sum() / sxx)
+        done = abs(new - slope) <= 1e-10 * (1.0 + abs(new))
+        slope = new
+        if done:
+            break
+    var = sy ** 2 + slope ** 2 * sx ** 2
+    w = 1.0 / var
+    xc = float((w * x).sum() / w.sum())
+    yc = float((w * y).sum() / w.sum())
+    sxx = float((w * (x - xc) ** 2).sum())
+    resid = y - yc - slope * (x - xc)
+    dof = n - 2
+    chi2 = float((w * resid ** 2).sum())
+    scale = max(1.0, chi2 / dof)
+    var_slope = scale / sxx
+    half = _t(level, dof) * math.sqrt(var_slope)
+    return QualityFit(slope=slope, slope_interval=(slope - half, slope + half),
+                      centre_quality=xc, centre_log_beta=yc, var_centre=scale / float(w.sum()),
+                      var_slope=var_slope, scale=scale, typical_var=scale * float(var.mean()),
+                      dof=dof, n_levels=n, quality_range=(float(x.min()), float(x.max())),
+                      level=level)

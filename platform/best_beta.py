@@ -1,4 +1,10 @@
-"""python -m platform.best_beta --dataset NAME: the beta the tracked trials support for a dataset."""
+"""python -m platform.best_beta --dataset NAME: the beta the tracked trials support for a dataset.
+
+With --predict: the beta predicted for a dataset from its measured quality and the relation of
+best beta to quality that the latest quality sweep (jobs/beta_vs_quality.yaml) fitted on its
+levels, with a 90% prediction interval; or one line saying why there is no prediction (fewer
+than three swept levels, or no relation in the data), exit status 1.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import sys
 
 import numpy as np
 
+from facefuse.quality import BetaPrediction, NoPredictionError, predict_beta
 from facefuse.selection import (DEFAULT_MODEL_NAME, EPOCH_POLICIES, BetaSelection, register_choice,
                                 select_beta)
 from facefuse.tables import format_table
@@ -41,6 +48,14 @@ def add_best_beta_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "best-<dataset>")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
                         help=f"registered model name for --register (default {DEFAULT_MODEL_NAME})")
+    parser.add_argument("--predict", action="store_true",
+                        help="predict beta from the dataset's measured quality and the relation "
+                             "the latest quality sweep fitted (the dataset need not be swept)")
+    parser.add_argument("--data-root", default=None,
+                        help="--predict: data root holding the dataset (default: the sweep's)")
+    parser.add_argument("--backbone", default=None,
+                        help="--predict: the AdaFace checkpoint the sweep measured quality with "
+                             "(default: the sweep's path; its sha256 must match)")
     return parser
 
 
@@ -120,12 +135,45 @@ def format_best_beta(selection: BetaSelection, as_json: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_prediction(p: BetaPrediction, as_json: bool = False) -> str:
+    """Returns the text best_beta --predict prints (one JSON object with as_json)."""
+    if as_json:
+        return json.dumps(p.to_json(), sort_keys=True)
+    st = p.study
+    assert st.fit is not None
+    pct = int(round(st.fit.level * 100))
+    lines = [f"predicted beta for {p.dataset}: {p.beta:.3g} ({pct}% prediction interval "
+             f"{p.beta_interval[0]:.3g} to {p.beta_interval[1]:.3g}), at {st.measure} "
+             f"{p.quality.value:.4g} +- {p.quality.se:.2g}",
+             f"  from sweep {st.sweep_id}: {st.fit.verdict(st.measure)}; levels "
+             + ", ".join(f"{q.dataset} (beta {q.beta:.2g} at {q.quality:.4g})" for q in st.points)]
+    if p.swept:
+        lines.append(f"  {p.dataset} is a level of that sweep: left out of the fit "
+                     f"(leave-one-out); best_beta without --predict gives its own choice")
+    if p.extrapolated:
+        lo, hi = st.fit.quality_range
+        lines.append(f"  extrapolated: its quality lies outside the levels' {lo:.4g} .. {hi:.4g}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = add_best_beta_args(argparse.ArgumentParser(prog="python -m platform.best_beta",
                                                         description=__doc__))
     args = parser.parse_args(argv)
 
     def body() -> int:
+        if args.predict:
+            try:
+                prediction = predict_beta(args.tracking_uri, args.dataset,
+                                          experiment=args.experiment, sweep=args.sweep,
+                                          data_root=args.data_root, backbone=args.backbone)
+            except NoPredictionError as exc:
+                print(json.dumps({"dataset": args.dataset, "predicted": False,
+                                  "reason": str(exc)}) if args.json
+                      else f"no prediction for {args.dataset}: {exc}")
+                return 1
+            print(format_prediction(prediction, as_json=args.json))
+            return 0
         print(format_best_beta(run_best_beta(args), as_json=args.json))
         return 0
 

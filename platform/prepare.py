@@ -1,4 +1,4 @@
-"""python -m platform.prepare {synth,backbones,cache}: build what sweeps read."""
+"""python -m platform.prepare {synth [--ladder],backbones,features}: build what sweeps read."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("synth", help="write the synthetic benchmark in the real file formats")
     p.add_argument("--out", type=Path, required=True, help="data root to write (e.g. .facefuse/data)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ladder", action="store_true",
+                   help="also write the quality ladder synth_q0..synth_q4 (the same pairs at five "
+                        "graded levels of blur, noise, resolution, JPEG and pose)")
     p = sub.add_parser("backbones", help="pretrain the two tiny backbones on the synthetic train set")
     p.add_argument("--data", type=Path, required=True, help="data root holding faces_synth/")
     p.add_argument("--out", type=Path, default=None,
@@ -76,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             from facefuse.embedded import ensure_synth
             built = ensure_synth(args.out.resolve(), args.seed)
             print(f"synthetic suite {'written to' if built else 'already complete in'} {args.out.resolve()}")
+            if args.ladder:
+                from facefuse.embedded import ensure_ladder
+                built = ensure_ladder(args.out.resolve(), args.seed)
+                print(f"quality ladder {'written to' if built else 'already complete in'} {args.out.resolve()}")
         elif args.what == "backbones" and args.recipe == "quick" and not args.ship:
             from facefuse.embedded import ensure_tiny_backbones
             out = (args.out or args.data.resolve().parent / "backbones").resolve()

@@ -44,6 +44,8 @@ def format_report(report: Report) -> str:
                   report.backbone_table, ""]
     lines += [f"report written to {report.out_dir}:"]
     lines += [f"  {p.name}" for p in report.files]
+    for study in report.beta_quality:
+        lines.append(study.summary())
     if report.skipped:
         lines.append("skipped:")
         lines += [f"  {s}" for s in report.skipped]

@@ -59,9 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         from facefuse.sweep_report import summary_handler, trial_roc_plot
 
         job, _ = prepare_job(args.job)
+        qualities = []
+        if job.selection.quality:
+            from facefuse.quality import measure_datasets
+            qualities = measure_datasets(job.data.eval, job.data.root, job.backbones.adaface,
+                                         job.selection.quality)
         result = run_sweep(job, resume=not args.fresh, retry_errored=args.retry_failed,
                            verbose=args.verbose, summary_handler=summary_handler,
                            roc_plot=trial_roc_plot)
+        if qualities and result.parent_run_id:
+            from facefuse.quality import log_qualities
+            log_qualities(result.tracking_uri, result.parent_run_id, qualities)
         datasets = list(job.data.eval)
         rows = sweep_rows(result.tracking_uri, result.sweep_id, datasets)
         cols = ["trial", "status", "epochs", "beta", "local_heads", "global_heads",
@@ -75,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(shown, [[r.get(c) for c in shown] for r in rows], markdown=False))
         print("\nbest beta per dataset (python -m platform.best_beta --dataset NAME for details):")
         print("\n".join(best_beta_lines(result.tracking_uri, result.experiment_name, datasets)))
+        if qualities:
+            print(f"\nmeasured quality ({qualities[0].measure}, logged on the parent run; "
+                  f"python -m platform.report plots best beta against it):")
+            for q in qualities:
+                print(f"  {q.dataset:16s} {q.value:.4g} +- {q.se:.2g} ({q.n_images} images)")
         if result.pending_tracking_ops:
             print(f"\nwarning: {result.pending_tracking_ops} tracking writes could not be "
                   "delivered; rerun the command to retry them", file=sys.stderr)

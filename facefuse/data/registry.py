@@ -46,6 +46,11 @@ class DatasetSpec:
 
 
 VERIFICATION_NAMES = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
+#: The synthetic quality ladder (facefuse.synth.ladder): one .bin per level, cleanest first. The
+#: qualities here are labels for grouping; selection uses the quality measured from the images.
+LADDER_DIR = "faces_synth_ladder"
+LADDER_NAMES = tuple(f"synth_q{k}" for k in range(5))
+_LADDER_LABELS = ("high", "high", "mixed", "low", "low")
 
 
 def _build() -> dict[str, DatasetSpec]:
@@ -60,6 +65,8 @@ def _build() -> dict[str, DatasetSpec]:
                           ijb_name="synth_ijbb", synthetic=True),
               DatasetSpec("synth_ijbc", "ijb", "IJB_synth/SYNTH_IJBC", "low", "tar_far_1e-4",
                           ijb_name="synth_ijbc", synthetic=True)]
+    specs += [DatasetSpec(n, "verification", f"{LADDER_DIR}/{n}.bin", q, "acc", synthetic=True)
+              for n, q in zip(LADDER_NAMES, _LADDER_LABELS)]
     return {s.name: s for s in specs}
 
 
@@ -106,7 +113,8 @@ def dataset_path(name: str, root: Optional[PathLike] = None) -> Path:
     spec = get_dataset(name)
     data_root = resolve_data_root(root)
     path = data_root / spec.relpath
-    hint = ("build it with `python -m platform.prepare synth --out <data root>`" if spec.synthetic
+    ladder = " --ladder" if name in LADDER_NAMES else ""
+    hint = (f"build it with `python -m platform.prepare synth --out <data root>{ladder}`" if spec.synthetic
             else f"place the released files under {data_root} in the layout documented in facefuse.data.registry")
     if spec.kind == "verification":
         if not path.is_file():

@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from facefuse.errors import ConfigError
 from facefuse.sweep.spaces import check_domain
+from facefuse.tracking.schema import QUALITY_MEASURES
 from facefuse.tracking.store import resolve_tracking_uri
 from facefuse.train.context import TrialContext
 
@@ -181,10 +182,16 @@ class SelectionSpec(_Spec):
     confirm_top: int = Field(default=0, ge=0)
     seeds: int = Field(default=3, ge=1)
     validation: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # issue 16: measure every evaluated set's image quality (facefuse.quality, e.g.
+    # "adaface_norm") and log it on the parent run, for best beta against quality
+    quality: Optional[str] = Field(default=None, min_length=1)
 
 
 def _check_selection(path: Optional[PathLike], job: "JobSpec") -> None:
     sel = job.selection
+    if sel.quality is not None and sel.quality not in QUALITY_MEASURES:
+        raise _fail(path, "selection.quality", f"unknown quality measure {sel.quality!r}",
+                    f"use one of {', '.join(QUALITY_MEASURES)}")
     for i, ds in enumerate(sel.validation):
         _check_dataset(path, f"selection.validation[{i}]", ds)
         if ds in job.data.eval:

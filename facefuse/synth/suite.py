@@ -43,7 +43,9 @@ ID_BLOCK = 1_000_000
 TWIN_OFFSET = 500_000
 
 VERIFICATION_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
-SET_CODES = {"train": 0, "lfw": 1, "cfp_fp": 2, "agedb_30": 3, "calfw": 4, "cplfw": 5, "ijbb": 6, "ijbc": 7}
+# "ladder": the quality ladder (facefuse.synth.ladder), built apart from the suite
+SET_CODES = {"train": 0, "lfw": 1, "cfp_fp": 2, "agedb_30": 3, "calfw": 4, "cplfw": 5, "ijbb": 6, "ijbc": 7,
+             "ladder": 8}
 IJB_SETS = {"ijbb": ("IJB_synth/SYNTH_IJBB", "synth_ijbb"), "ijbc": ("IJB_synth/SYNTH_IJBC", "synth_ijbc")}
 
 
@@ -340,7 +342,7 @@ def _chunks(specs: Sequence[ImageSpec]) -> list[list[ImageSpec]]:
     return [list(specs[i:i + CHUNK]) for i in range(0, len(specs), CHUNK)]
 
 
-class _Renderer:
+class Renderer:
     """Renders chunks in order, in worker processes (or in this one when workers <= 1).
 
     Workers are spawned, not forked (the caller may hold torch or Ray threads). A worker that cannot
@@ -405,7 +407,7 @@ def build_suite(out: PathLike, seed: int = 0, workers: Optional[int] = None, pro
     logger.info("building the synthetic suite in %s: %d images, seed %d, %d worker(s)", out, total, seed, workers)
     files: list[str] = []
     with tqdm(total=total, desc="synthetic suite", unit="img", disable=not progress) as bar:
-        renderer = _Renderer(seed, cfg, workers, bar)
+        renderer = Renderer(seed, cfg, workers, bar)
         try:
             folder = out / "faces_synth"
             bar.set_postfix_str("synth_train")
@@ -455,13 +457,17 @@ def suite_is_complete(out: PathLike, seed: int = 0, **size_knobs: Any) -> bool:
     every file it lists is present with the size it recorded.
     """
     knobs = {k: v for k, v in size_knobs.items() if k not in ("workers", "progress")}
-    cfg = make_config(**knobs)
-    path = Path(out) / MANIFEST
+    return manifest_files_present(out, MANIFEST, _manifest_body(seed, make_config(**knobs)))
+
+
+def manifest_files_present(out: PathLike, manifest: str, want: dict[str, Any]) -> bool:
+    """Returns True when ``out/manifest`` holds every key of ``want`` with the same value and every
+    file it lists is present with the size it recorded (what "built and complete" means here)."""
+    path = Path(out) / manifest
     try:
         body = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    want = _manifest_body(seed, cfg)
     if any(body.get(k) != v for k, v in want.items()):
         return False
     files = body.get("files")

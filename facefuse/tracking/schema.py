@@ -81,6 +81,9 @@ TAG_CONFIRMED_BETAS = "facefuse.confirmed_betas"
 #: best_beta selects on ``objective`` and reports the evaluated sets in full.
 TAG_VALIDATION = "facefuse.validation"
 TAG_CONFIRMATION_TRIALS = "facefuse.confirmation_trials"
+#: On the parent run of a sweep whose job sets ``selection.quality``: the quality measure(s) of
+#: the evaluated sets it logged (comma-separated; metrics ``quality_key``).
+TAG_QUALITY_MEASURE = "facefuse.quality_measure"
 
 # --------------------------------------------------------------------------- metrics
 METRIC_EPOCH = "epoch"
@@ -94,6 +97,12 @@ PART_SELECTION = "sel"
 PART_REPORT = "test"
 #: Suffix of a part metric's standard error (the benchmark's own sampling error).
 SE_SUFFIX = "_se"
+
+#: Image-quality measures of a dataset (facefuse.quality), logged on a sweep's parent run as
+#: ``quality/<dataset>/<measure>`` with ``..._se`` (standard error over images) and ``..._n``.
+QUALITY_MEASURES = ("adaface_norm", "sharpness")
+QUALITY_PREFIX = "quality"
+QUALITY_N_SUFFIX = "_n"
 
 # --------------------------------------------------------------------------- artifacts
 ARTIFACT_CONFIG = "config"
@@ -115,6 +124,19 @@ def part_key(dataset: str, metric: str, part: str) -> str:
     """Returns the key of a benchmark part's metric: ('lfw', 'acc', 'sel') -> 'lfw/sel/acc'."""
     name = metric[len(dataset) + 1:] if metric.startswith(dataset + "/") else metric
     return f"{dataset}/{part}/{name}"
+
+
+def quality_key(dataset: str, measure: str, suffix: str = "") -> str:
+    """Returns the parent-run metric of a dataset's measured quality: 'quality/lfw/adaface_norm'."""
+    return f"{QUALITY_PREFIX}/{dataset}/{measure}{suffix}"
+
+
+def parse_quality_key(key: str) -> Optional[tuple[str, str]]:
+    """Returns (dataset, measure) of a quality metric key (not of its _se / _n), else None."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != QUALITY_PREFIX or parts[2] not in QUALITY_MEASURES:
+        return None
+    return parts[1], parts[2]
 
 
 def kind_filter(kind: str) -> str:
