@@ -10,7 +10,10 @@ registry's high / mixed / low) is not a measurement, so quality is measured from
 - ``sharpness``: the mean log10 variance of the Laplacian of the image at half resolution
   (averaging 2x2 pixels first keeps sensor noise from passing for detail); needs no backbone.
 
-Each score comes with its standard error over the images. A sweep whose job sets
+Each score comes with its standard error over the images. A set's quality is the mean over its
+own images, so the fit and the prediction treat it as exact when every image was measured and
+use the finite-population-corrected error when a subset was (``QualityScore.set_se``). A sweep
+whose job sets
 ``selection: {quality: <measure>}`` logs every evaluated set's score on its parent run
 (``facefuse.tracking.schema.quality_key``). ``beta_vs_quality`` chooses each such set's best
 beta with its interval (``facefuse.selection.select_beta`` on the held-out selection part) and
@@ -67,11 +70,23 @@ class QualityScore:
     se: float
     n_images: int
     backbone_sha256: str = ""
+    #: Images in the set (n_images of them were measured); 0: unknown.
+    n_total: int = 0
+
+    @property
+    def set_se(self) -> float:
+        """Returns the standard error of the value as the quality of this set: ``se`` with the
+        finite-population correction, so 0 when every image was measured (a set's quality is the
+        mean over its own images; only a subset's mean is uncertain)."""
+        if self.n_total <= 0:
+            return self.se
+        return self.se * math.sqrt(max(0.0, 1.0 - self.n_images / self.n_total))
 
     def to_json(self) -> dict[str, Any]:
         """Returns the score as plain data."""
         return {"dataset": self.dataset, "measure": self.measure, "value": self.value,
-                "se": self.se, "n_images": self.n_images, "backbone_sha256": self.backbone_sha256}
+                "se": self.se, "set_se": self.set_se, "n_images": self.n_images,
+                "n_total": self.n_total, "backbone_sha256": self.backbone_sha256}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +148,7 @@ def measure_quality(dataset: str, data_root: PathLike, backbone: Optional[PathLi
             values.append(emb.norm(dim=1).double().numpy())
     v = np.concatenate(values)
     se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-    score = QualityScore(dataset, measure, float(v.mean()), se, int(len(v)), sha)
+    score = QualityScore(dataset, measure, float(v.mean()), se, int(len(v)), sha, int(source.count))
     logger.info("quality of %s: %s = %.4g +- %.2g over %d images (%.1f s)", dataset, measure,
                 score.value, score.se, score.n_images, time.perf_counter() - t0)
     return score
@@ -145,7 +160,8 @@ def measure_quality(dataset: str, data_root: PathLike, backbone: Optional[PathLi
 def log_qualities(tracking_uri: Optional[str], parent_run_id: str,
                   scores: Sequence[QualityScore]) -> None:
     """Logs each score on the sweep's parent run (metrics ``quality/<dataset>/<measure>``,
-    ``..._se``, ``..._n``; tag ``facefuse.quality_measure``)."""
+    ``..._se``, ``..._n`` measured images, ``..._total`` images in the set; tag
+    ``facefuse.quality_measure``)."""
     from mlflow.entities import Metric, RunTag
 
     if not scores:
@@ -157,7 +173,9 @@ def log_qualities(tracking_uri: Optional[str], parent_run_id: str,
         metrics += [Metric(S.quality_key(s.dataset, s.measure), s.value, now, 0),
                     Metric(S.quality_key(s.dataset, s.measure, S.SE_SUFFIX), s.se, now, 0),
                     Metric(S.quality_key(s.dataset, s.measure, S.QUALITY_N_SUFFIX),
-                           float(s.n_images), now, 0)]
+                           float(s.n_images), now, 0),
+                    Metric(S.quality_key(s.dataset, s.measure, S.QUALITY_TOTAL_SUFFIX),
+                           float(s.n_total), now, 0)]
     measures = sorted({s.measure for s in scores})
     tracking_call("logging dataset qualities", client.log_batch, parent_run_id, metrics=metrics,
                   tags=[RunTag(S.TAG_QUALITY_MEASURE, ",".join(measures))])
@@ -180,7 +198,8 @@ def run_qualities(run: "Run", measure: Optional[str] = None) -> dict[str, Qualit
             dataset, measure, float(value),
             float(m.get(S.quality_key(dataset, measure, S.SE_SUFFIX), 0.0)),
             int(m.get(S.quality_key(dataset, measure, S.QUALITY_N_SUFFIX), 0)),
-            run.data.tags.get(S.TAG_ADAFACE_SHA256, "") if measure == "adaface_norm" else "")
+            run.data.tags.get(S.TAG_ADAFACE_SHA256, "") if measure == "adaface_norm" else "",
+            int(m.get(S.quality_key(dataset, measure, S.QUALITY_TOTAL_SUFFIX), 0)))
     return out
 
 
@@ -266,7 +285,7 @@ def _points(tracking_uri: Optional[str], experiment: Optional[str], sweep_id: st
         est = sel.estimate
         searched = (est.grid_beta[0], est.grid_beta[-1])
         points.append(BetaQualityPoint(
-            dataset=dataset, quality=q.value, quality_se=q.se, beta=sel.beta,
+            dataset=dataset, quality=q.value, quality_se=q.set_se, beta=sel.beta,
             beta_interval=sel.beta_interval,
             log_beta_sd=log_beta_sd(sel.beta_interval, searched, est.level),
             at_edge=est.at_edge, n_trials=est.n_trials, verdict=sel.verdict))
@@ -406,7 +425,7 @@ def predict_beta(tracking_uri: Optional[str], dataset: str, experiment: Optional
         raise NoPredictionError(f"{study.fit.verdict(study.measure)} in sweep {study.sweep_id}: "
                                 f"the data do not support predicting beta from quality")
     q = _target_quality(dataset, study, parent, data_root, backbone)
-    centre, (lo, hi) = study.fit.predict(q.value, q.se)
+    centre, (lo, hi) = study.fit.predict(q.value, q.set_se)
     q_lo, q_hi = study.fit.quality_range
     return BetaPrediction(dataset=dataset, quality=q, beta=float(10.0 ** centre),
                           beta_interval=(float(10.0 ** lo), float(10.0 ** hi)), study=study,

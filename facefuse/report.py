@@ -221,7 +221,7 @@ def plot_beta_vs_quality(study: BetaQualityStudy, path: Path) -> Path:
                         color="C1", alpha=0.15, linewidth=0, label="90% prediction band")
         ax.legend(fontsize=8, loc="best")
     ax.set_yscale("log")
-    ax.set_xlabel(f"measured quality: {study.measure} (mean over images, ± s.e.)")
+    ax.set_xlabel(f"measured quality: {study.measure} (mean over the set's images)")
     ax.set_ylabel("best beta (90% interval; squares: at the searched range's edge)")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(study.summary(), fontsize=8, wrap=True)

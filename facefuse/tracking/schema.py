@@ -99,10 +99,12 @@ PART_REPORT = "test"
 SE_SUFFIX = "_se"
 
 #: Image-quality measures of a dataset (facefuse.quality), logged on a sweep's parent run as
-#: ``quality/<dataset>/<measure>`` with ``..._se`` (standard error over images) and ``..._n``.
+#: ``quality/<dataset>/<measure>`` with ``..._se`` (standard error over images), ``..._n`` (images
+#: measured) and ``..._total`` (images in the set).
 QUALITY_MEASURES = ("adaface_norm", "sharpness")
 QUALITY_PREFIX = "quality"
 QUALITY_N_SUFFIX = "_n"
+QUALITY_TOTAL_SUFFIX = "_total"
 
 # --------------------------------------------------------------------------- artifacts
 ARTIFACT_CONFIG = "config"
