@@ -31,6 +31,10 @@ A job file is YAML with these sections (every key optional unless marked)::
     storage: null                        # Ray Tune results; default <cwd>/.facefuse/ray_results
     variant: null                        # ablation label, written as the facefuse.variant tag
     params: {batch_size: 128, d_model: 128}   # fixed model/training settings of every trial
+    selection: {confirm_top: 0, seeds: 3,      # confirmation round (off at 0)
+                validation: [],                # sets of the job's own to tune on
+                quality: null}                 # adaface_norm | sharpness: log each eval set's
+                                               # measured quality on the parent run
 
 Relative paths are resolved against the directory the command starts from (a ``ray job
 submit`` driver starts in its unpacked working directory, i.e. the project root); a search space
