@@ -17,6 +17,7 @@ from facefuse.stats import TooFewLevelsError, fit_beta_vs_quality, log_beta_sd
 from facefuse.tracking import schema as S
 from platform.best_beta import main as best_beta_main
 from platform.report import format_report, run_report, add_report_args
+from tests.conftest import REPO
 from tests.test_selection import _experiment, _store, add_parent, add_trial, template_db  # noqa: F401
 
 LEVELS = ("synth_q0", "synth_q1", "synth_q2", "synth_q3", "synth_q4")
@@ -242,3 +243,38 @@ def test_quality_job_field_is_validated(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"\[selection.quality\] unknown quality measure"):
         load_job(path)
+
+
+@pytest.mark.slow
+def test_a_real_sweep_logs_each_level_quality_on_its_parent_run(world_job, world: dict, tmp_path: Path,
+                                                                ray_local: None,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The sweep command measures every evaluated level's quality with the job's AdaFace backbone
+    and logs it on the parent run; a 3-trial sweep is too small for intervals, so --predict says so."""
+    from mlflow import MlflowClient
+
+    from facefuse.synth import build_ladder, ladder_is_complete
+    from platform.sweep import main as sweep_main
+
+    if not ladder_is_complete(world["data"], 0, pairs=20):
+        build_ladder(world["data"], seed=0, pairs=20, workers=1, progress=False)
+    levels = ["synth_q0", "synth_q2", "synth_q4"]
+    data = {"root": str(world["data"]), "train": "synth_train", "eval": levels,
+            "cache_dir": str(world["base"] / "cache")}
+    job = world_job(tmp_path, "bvq", data=data, trials=3, epochs=1,
+                    search_space=str(REPO / "search_spaces" / "quality_ladder.yaml"),
+                    selection={"quality": "adaface_norm"})
+    assert sweep_main([str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "measured quality (adaface_norm" in out
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = client.search_runs([client.get_experiment_by_name("bvq").experiment_id],
+                                "tags.`facefuse.kind` = 'sweep'")[0]
+    assert parent.data.tags[S.TAG_QUALITY_MEASURE] == "adaface_norm"
+    for name in levels:
+        direct = measure_quality(name, world["data"], world["adaface"])
+        assert parent.data.metrics[S.quality_key(name, "adaface_norm")] == pytest.approx(direct.value)
+        assert parent.data.metrics[S.quality_key(name, "adaface_norm", "_n")] == 40
+    code, out, _ = _run(["--dataset", "synth_q1", "--predict", "--tracking-uri",
+                         f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "bvq"], capsys)
+    assert code == 1 and out.count("\n") == 1 and "the relation needs at least 3" in out
