@@ -311,6 +311,17 @@ def job_mix_unknown_word(env: Env) -> Expect:
                   FacefuseError)
 
 
+def job_quality_unknown_measure(env: Env) -> Expect:
+    path = env.job(selection={"quality": "brisque"})
+    return Expect(run_job(path), path, "selection.quality", "unknown quality measure 'brisque'",
+                  FacefuseError)
+
+
+def ladder_level_missing(env: Env) -> Expect:
+    return Expect(env.fill_cache("synth_q2"), env.data / "faces_synth_ladder" / "synth_q2.bin",
+                  "synth_q2", "prepare synth --out <data root> --ladder")
+
+
 # ---- feature stores: s3:// on a real S3-compatible server (moto) on loopback, and local
 _MOTO: dict[str, Any] = {}
 
@@ -437,6 +448,10 @@ CASES = [
          space_mix_outside),
     Case("job_mix_unknown_word", "job file params.mix neither a weight nor 'learned'",
          job_mix_unknown_word),
+    Case("job_quality_unknown_measure", "job file selection.quality naming no quality measure",
+         job_quality_unknown_measure),
+    Case("ladder_level_missing", "a quality-ladder level (synth_q2) under a data root without "
+         "the ladder", ladder_level_missing),
     Case("store_unreachable", "feature store `s3://...` whose endpoint does not answer",
          store_unreachable),
     Case("store_missing_bucket", "feature store in a bucket that does not exist",
