@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -256,10 +258,14 @@ def test_a_real_sweep_logs_each_level_quality_on_its_parent_run(world_job, world
     from facefuse.synth import build_ladder, ladder_is_complete
     from platform.sweep import main as sweep_main
 
-    if not ladder_is_complete(world["data"], 0, pairs=20):
-        build_ladder(world["data"], seed=0, pairs=20, workers=1, progress=False)
+    # The shared world stays as it is (other tests expect no ladder in it): a linked copy of
+    # its data root gets the ladder; the feature store is keyed by content, so it is shared.
+    root = tmp_path / "data"
+    shutil.copytree(world["data"], root, copy_function=os.symlink)
+    build_ladder(root, seed=0, pairs=20, workers=1, progress=False)
+    assert ladder_is_complete(root, 0, pairs=20)
     levels = ["synth_q0", "synth_q2", "synth_q4"]
-    data = {"root": str(world["data"]), "train": "synth_train", "eval": levels,
+    data = {"root": str(root), "train": "synth_train", "eval": levels,
             "cache_dir": str(world["base"] / "cache")}
     job = world_job(tmp_path, "bvq", data=data, trials=3, epochs=1,
                     search_space=str(REPO / "search_spaces" / "quality_ladder.yaml"),
@@ -272,7 +278,7 @@ def test_a_real_sweep_logs_each_level_quality_on_its_parent_run(world_job, world
                                 "tags.`facefuse.kind` = 'sweep'")[0]
     assert parent.data.tags[S.TAG_QUALITY_MEASURE] == "adaface_norm"
     for name in levels:
-        direct = measure_quality(name, world["data"], world["adaface"])
+        direct = measure_quality(name, root, world["adaface"])
         assert parent.data.metrics[S.quality_key(name, "adaface_norm")] == pytest.approx(direct.value)
         assert parent.data.metrics[S.quality_key(name, "adaface_norm", "_n")] == 40
     code, out, _ = _run(["--dataset", "synth_q1", "--predict", "--tracking-uri",
