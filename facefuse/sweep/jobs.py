@@ -20,7 +20,7 @@ A job file is YAML with these sections (every key optional unless marked)::
     trials: 16
     epochs: 6
     asha: {grace_period: 1, reduction_factor: 2, max_t: 6}
-    resources: {workers_per_trial: 1, gpus_per_worker: 0, cpus_per_worker: 1,
+    resources: {workers_per_trial: 1, gpus_per_worker: 0, cpus_per_worker: 1,  # gpus: 0.25 shares
                 max_concurrent_trials: 2,
                 checkpoint_every_steps: 0,       # also checkpoint mid-epoch every N steps
                 checkpoint_every_minutes: 15,    # ... and every M minutes of training (0: off)
@@ -531,6 +531,12 @@ def parse_job(raw: Any, path: Optional[PathLike] = None) -> JobSpec:
         raise _fail(path, "resources.cpus_per_worker",
                     f"resources.cpus_per_worker must be > 0, got {resources.cpus_per_worker}",
                     "give a positive number (fractions such as 0.5 are allowed)")
+    # Issue 12: fractional GPUs (several small heads share one); Ray only splits one device.
+    gpus = resources.gpus_per_worker
+    if gpus > 1 and not float(gpus).is_integer():
+        raise _fail(path, "resources.gpus_per_worker",
+                    f"resources.gpus_per_worker={gpus:g}: above 1 it must be a whole number",
+                    "give a fraction of one GPU (e.g. 0.25: four trials share a GPU) or whole GPUs")
     if "beta" in job.params:
         logger.warning("%s: params.beta fixes beta for every trial", path)
     job.written = job.to_dict()

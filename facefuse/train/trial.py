@@ -311,6 +311,19 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
                      preempted)
 
 
+def train_scaling(ctx: TrialContext) -> Any:
+    """Returns the Ray Train ScalingConfig of a multi-worker trial.
+
+    ``gpus_per_worker`` may be a fraction (0.25: four workers share one GPU); Ray places the
+    fractions, and each worker's torch device is that GPU.
+    """
+    from ray.train import ScalingConfig
+
+    gpu = {"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {}
+    return ScalingConfig(num_workers=ctx.workers_per_trial, use_gpu=ctx.gpus_per_worker > 0,
+                         resources_per_worker={"CPU": ctx.cpus_per_worker, **gpu})
+
+
 def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """Tune function trainable: trains one configuration and reports every epoch to Tune."""
     from ray import tune
@@ -347,7 +360,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                 shutil.rmtree(local, ignore_errors=True)
         return
 
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -360,10 +373,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         _train_worker,
         train_loop_config={"config": config, "context": context,
                            "step_path": str(step_path) if step_path else None},
-        scaling_config=ScalingConfig(
-            num_workers=ctx.workers_per_trial, use_gpu=ctx.gpus_per_worker > 0,
-            resources_per_worker={"CPU": ctx.cpus_per_worker,
-                                  **({"GPU": ctx.gpus_per_worker} if ctx.gpus_per_worker else {})}),
+        scaling_config=train_scaling(ctx),
         run_config=RunConfig(
             name=trial_id, storage_path=train_storage,
             callbacks=[TuneReportCallback()],
