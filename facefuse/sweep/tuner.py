@@ -410,11 +410,17 @@ def _best(trials: list[TrialSummary], epochs: int) -> Optional[TrialSummary]:
     return max(pool, key=lambda t: t.objective) if pool else None
 
 
+#: ASHA's time attribute and Optuna's step: the epoch the loop reports. Tune's own
+#: training_iteration starts again at 1 when a multi-worker trial is retried (its TorchTrainer
+#: resumes from its Train run, Tune never held a checkpoint), so ASHA would compare epoch 3 with
+#: others' epoch 1 and Optuna would see step 1 twice.
+TIME_ATTR = S.METRIC_EPOCH
+
+
 def _asha(job: JobSpec, **kw: Any) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
-    # One report per epoch, so training_iteration counts epochs (restored with checkpoints).
-    return ASHAScheduler(time_attr="training_iteration", max_t=job.max_t,
+    return ASHAScheduler(time_attr=TIME_ATTR, max_t=job.max_t,
                          grace_period=job.asha.grace_period,
                          reduction_factor=job.asha.reduction_factor, **kw)
 
@@ -538,7 +544,8 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     """Returns the result of running (or resuming) a job's sweep to completion.
 
     ``trainable``: a function ``f(config)`` or ``f(config, context)`` reporting once per epoch
-    with ``ray.tune.report``, or its import path; default ``facefuse.train.run_trial``.
+    with ``ray.tune.report``, ``epoch`` (1, 2, ...) among its metrics (ASHA and Optuna count
+    it), or its import path; default ``facefuse.train.run_trial``.
     ``resume``: continue this job's experiment when its storage holds one (finished trials are
     kept, unfinished ones continue from their checkpoints); False starts a new sweep id.
     ``retry_errored``: on resume, also retry trials that had failed (from their checkpoints).
@@ -555,8 +562,9 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     """
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
     import optuna
+
+    from facefuse.sweep.searcher import EpochOptunaSearch
 
     t0 = time.perf_counter()
     if not job.resolved:
@@ -610,7 +618,7 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
                 max_concurrent_trials=job.resources.max_concurrent_trials),
             run_config=run_config)
     else:
-        searcher = OptunaSearch(
+        searcher = EpochOptunaSearch(
             space=space.define_by_run(fixed),
             sampler=optuna.samplers.TPESampler(seed=job.seed),
             study_name=sweep_id, metric="objective", mode="max",
