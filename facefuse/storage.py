@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -261,3 +261,141 @@ def free_bytes(uri: URI) -> int | None:
         probe = probe.parent
     st = os.statvfs(probe)
     return st.f_bavail * st.f_frsize
+
+
+# --------------------------------------------------------------------------- Ray and MLflow
+def ray_storage(uri: URI) -> tuple[str, Optional[pafs.FileSystem]]:
+    """Returns (storage_path, storage_filesystem) for a Ray Tune or Train ``RunConfig``.
+
+    A local path or shared mount is handed to Ray as it is (no filesystem); a store URI becomes
+    its path inside this module's filesystem, so Ray uses the same endpoint and credentials
+    (``AWS_ENDPOINT_URL``, which Ray's own URI parsing would not pass on).
+    """
+    if not is_remote(uri):
+        return os.fspath(uri), None
+    fs, path = resolve(uri)
+    return path, fs
+
+
+def uri_of(fs: Optional[pafs.FileSystem], path: str) -> str:
+    """Returns the URI of a path inside a pyarrow filesystem (e.g. a Ray checkpoint's)."""
+    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+        return path
+    if isinstance(fs, pafs.SubTreeFileSystem):
+        return uri_of(fs.base_fs, f"{fs.base_path.rstrip('/')}/{path.lstrip('/')}")
+    scheme = {"gcs": "gs"}.get(fs.type_name, fs.type_name)
+    return f"{scheme}://{path.lstrip('/')}"
+
+
+def download(uri: URI, dest_dir: URI) -> Path:
+    """Returns the local copy, made under ``dest_dir``, of a file or folder of a store.
+
+    A local file or folder is returned as it is (no copy).
+    """
+    if not is_remote(uri):
+        return Path(os.fspath(uri))
+    text = os.fspath(uri).rstrip("/")
+    target = Path(dest_dir) / text.rsplit("/", 1)[-1]
+    kind = info(text).type
+    if kind == pafs.FileType.NotFound:
+        raise StorageError(text, "does not exist", field="path",
+                           fix="check the URI, or build what should be there first")
+    files = ([Entry(text, "", 0)] if kind == pafs.FileType.File
+             else listing(text, recursive=True))
+    for entry in files:
+        with atomic_write(target / entry.name if entry.name else target, "wb") as fh:
+            fh.write(read_bytes(entry.uri))
+    return target
+
+
+def folders(uri: URI) -> list[str]:
+    """Returns the URIs of the folders directly under a folder (empty when there is none)."""
+    fs, path = resolve(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError as exc:
+        raise translate(exc, uri) from exc
+    names = sorted(i.path.rstrip("/").rsplit("/", 1)[-1] for i in infos
+                   if i.type == pafs.FileType.Directory)
+    return [join(uri, n) for n in names]
+
+
+# --------------------------------------------------------------------------- mirrored folders
+#: Suffix of the folder that holds an append-only file's parts in a store (one object per push).
+PARTS_SUFFIX = ".parts"
+
+
+class MirroredDir:
+    """A local working copy of a folder kept in a store: read once, pushed after writes.
+
+    Code that appends to files and renames them into place (the tracking state) works on the
+    local copy; ``push`` uploads what changed. An append-only file is pushed as its new bytes
+    only, one object per push under ``<name>.parts/<offset>``, so each push costs what was
+    appended, not the whole history; ``pull`` joins the parts again.
+    """
+
+    def __init__(self, remote: str, local: URI, append_only: tuple[str, ...] = (),
+                 min_interval_s: float = 5.0) -> None:
+        self.remote = remote
+        self.local = Path(local)
+        self.append_only = append_only
+        self.min_interval_s = min_interval_s
+        self._pushed: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) last pushed
+        self._last_push = 0.0
+
+    def pull(self) -> None:
+        """Copies the store's folder into the local copy (which it replaces file by file)."""
+        self.local.mkdir(parents=True, exist_ok=True)
+        parts: dict[str, list[Entry]] = {}
+        for entry in listing(self.remote, recursive=True):
+            head, _, tail = entry.name.partition(PARTS_SUFFIX + "/")
+            if tail and head in self.append_only:
+                parts.setdefault(head, []).append(entry)
+                continue
+            target = self.local / entry.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(target, "wb") as fh:
+                fh.write(read_bytes(entry.uri))
+        for name, pieces in parts.items():
+            with atomic_write(self.local / name, "wb") as fh:
+                for piece in sorted(pieces, key=lambda e: int(e.name.rsplit("/", 1)[-1])):
+                    fh.write(read_bytes(piece.uri))
+        for path in self.local.rglob("*"):
+            if path.is_file():
+                st = path.stat()
+                self._pushed[str(path.relative_to(self.local))] = (st.st_size, st.st_mtime_ns)
+
+    def push(self, force: bool = False) -> None:
+        """Uploads the files changed since the last push (at most every min_interval_s)."""
+        import time
+
+        if not force and time.monotonic() - self._last_push < self.min_interval_s:
+            return
+        self._last_push = time.monotonic()
+        if not self.local.is_dir():
+            return
+        present = set()
+        for path in sorted(self.local.rglob("*")):
+            if not path.is_file() or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                continue  # atomic_write's temporary file, renamed into place soon
+            name = str(path.relative_to(self.local))
+            present.add(name)
+            st = path.stat()
+            before = self._pushed.get(name)
+            if before == (st.st_size, st.st_mtime_ns):
+                continue
+            data = path.read_bytes()
+            if name in self.append_only:
+                start = before[0] if before is not None and before[0] <= len(data) else 0
+                if start == len(data):
+                    continue
+                write_bytes(join(self.remote, f"{name}{PARTS_SUFFIX}", f"{start:016d}"),
+                            data[start:])
+            else:
+                write_bytes(join(self.remote, name), data)
+            self._pushed[name] = (len(data), st.st_mtime_ns)
+        for name in sorted(set(self._pushed) - present):
+            # removed here (an emptied backlog): a stale copy must not be read back later
+            if name not in self.append_only:
+                delete(join(self.remote, name))
+            del self._pushed[name]

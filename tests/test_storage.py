@@ -87,3 +87,49 @@ def test_unreachable_store_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     msg = str(err.value)
     assert "\n" not in msg and "unreachable" in msg and "AWS_ENDPOINT_URL" in msg
     assert msg.startswith("s3://bucket/prefix")
+
+
+def test_folders_download_and_uri_of_a_ray_filesystem(root: str, tmp_path: Path) -> None:
+    storage.write_bytes(storage.join(root, "run", "checkpoint_2", "best", "model.pt"), b"w2")
+    storage.write_bytes(storage.join(root, "run", "checkpoint_1", "best", "model.pt"), b"w1")
+    storage.write_bytes(storage.join(root, "run", "snapshot.json"), b"{}")
+    run = storage.join(root, "run")
+    assert storage.folders(run) == [storage.join(run, "checkpoint_1"),
+                                    storage.join(run, "checkpoint_2")]
+    assert storage.folders(storage.join(root, "none")) == []
+    # a folder and a file of the store, copied into a local folder (a local path is not copied)
+    got = storage.download(storage.join(run, "checkpoint_2", "best"), tmp_path / "dl")
+    assert (got / "model.pt").read_bytes() == b"w2"
+    # what Ray hands back (filesystem, path inside it) names the same object
+    path, fs = storage.ray_storage(run)
+    assert (fs is None) == (not storage.is_remote(root))
+    assert storage.exists(storage.uri_of(fs, f"{path}/snapshot.json"))
+
+
+def test_mirrored_dir_pushes_changes_and_appended_bytes_only(root: str, tmp_path: Path) -> None:
+    remote = storage.join(root, "state")
+    first = storage.MirroredDir(remote, tmp_path / "a", append_only=("journal.jsonl",))
+    first.pull()
+    (tmp_path / "a" / "map.json").write_text('{"v": 1}')
+    (tmp_path / "a" / "journal.jsonl").write_text("one\n")
+    first.push(force=True)
+    with open(tmp_path / "a" / "journal.jsonl", "a") as f:
+        f.write("two\n")
+    (tmp_path / "a" / "backlog.json").write_text("[]")
+    first.push(force=True)
+    parts = [e.name for e in storage.listing(storage.join(remote, "journal.jsonl.parts"))]
+    assert parts == [f"{0:016d}", f"{4:016d}"]  # the appended bytes, not the whole file again
+    (tmp_path / "a" / "backlog.json").unlink()  # an emptied backlog must not come back
+    first.push(force=True)
+
+    second = storage.MirroredDir(remote, tmp_path / "b", append_only=("journal.jsonl",))
+    second.pull()
+    assert (tmp_path / "b" / "journal.jsonl").read_text() == "one\ntwo\n"
+    assert (tmp_path / "b" / "map.json").read_text() == '{"v": 1}'
+    assert not (tmp_path / "b" / "backlog.json").exists()
+    with open(tmp_path / "b" / "journal.jsonl", "a") as f:
+        f.write("three\n")
+    second.push(force=True)
+    third = storage.MirroredDir(remote, tmp_path / "c", append_only=("journal.jsonl",))
+    third.pull()
+    assert (tmp_path / "c" / "journal.jsonl").read_text() == "one\ntwo\nthree\n"

@@ -22,6 +22,7 @@ import math
 import numbers
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
@@ -29,12 +30,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 from ray.tune import Callback
 from ray.tune import result as tune_result
 
+from facefuse import storage
+from facefuse.errors import StorageError
 from facefuse.tracking import schema as S
 from facefuse.data._io import atomic_write_json
 from facefuse.tracking.queue import OperationQueue
 from facefuse.tracking.store import redact_uri
 from facefuse.tracking.names import trial_label
 from facefuse.train.export import model_handler
+from facefuse.train.trial import BEST_DIR, train_run_best_dir
 from facefuse.tracking.writer import MAX_TAG_CHARS, SweepWriter
 
 if TYPE_CHECKING:
@@ -113,7 +117,8 @@ class MlflowTrackingCallback(Callback):
                  summary_handler: Optional[Callable[..., None]] = None,
                  roc_plot: Optional[Callable[..., Optional[Path]]] = None,
                  confirmation: bool = False,
-                 end_tags: Optional[dict[str, str]] = None) -> None:
+                 end_tags: Optional[dict[str, str]] = None,
+                 state_mirror: Optional[storage.MirroredDir] = None) -> None:
         self.writer = SweepWriter(tracking_uri, experiment_name, sweep_id, state_dir,
                                   sweep_tags=sweep_tags, trial_tags=trial_tags,
                                   sweep_params=sweep_params, sweep_artifacts=sweep_artifacts,
@@ -137,6 +142,8 @@ class MlflowTrackingCallback(Callback):
         # orphan check looks at its own trials only.
         self.confirmation = confirmation
         self.end_tags = dict(end_tags or {})
+        #: With storage in a store, state_dir is a local copy of the sweep's state there.
+        self.state_mirror = state_mirror
         self._init_runtime()
 
     # ------------------------------------------------------------------ state
@@ -205,12 +212,26 @@ class MlflowTrackingCallback(Callback):
 
     def _drain(self, force: bool = False) -> bool:
         self._load()
-        return self._queue.drain(force)
+        done = self._queue.drain(force)
+        self._push_state(force=False)
+        return done
 
     def flush(self, timeout_s: Optional[float] = None) -> bool:
         """Returns True when every buffered write reached the store within the timeout."""
         self._load()
-        return self._queue.flush(self.flush_timeout_s if timeout_s is None else timeout_s)
+        done = self._queue.flush(self.flush_timeout_s if timeout_s is None else timeout_s)
+        self._push_state(force=True)
+        return done
+
+    def _push_state(self, force: bool) -> None:
+        """Pushes the run map, backlog and journal to the job's storage when it is a store."""
+        if self.state_mirror is None:
+            return
+        try:
+            self.state_mirror.push(force=force)
+        except StorageError as exc:
+            # The sweep goes on; the next push sends what this one could not.
+            logger.warning("sweep state not saved to %s yet: %s", self.state_mirror.remote, exc)
 
     def _trial_queued(self, trial_id: str) -> bool:
         return self.run_id_of(trial_id) is not None or any(
@@ -329,52 +350,87 @@ class MlflowTrackingCallback(Callback):
         return {"op": "summary", "trial": None, "final": final,
                 "datasets": list(self.trial_context.get("eval_datasets") or [])}
 
-    def _best_model_file(self, trial: "Trial") -> Optional[str]:
-        """Returns the trainable's best model file (best/model.pt of its checkpoint), or None."""
-        candidates = [Path(trial.local_path or "") / S.ARTIFACT_BEST_CHECKPOINT / "model.pt"]
+    def _best_dir(self, trial: "Trial") -> Optional[str]:
+        """Returns the path or store URI of the folder holding the trial's best model and ROC
+        data, or None.
+
+        In order: a trainable's own ``best_checkpoint/`` in the driver's copy of the trial
+        folder (the self-test); ``best/`` of the trial's latest Tune checkpoint (one-worker
+        trials); ``best/`` of the latest checkpoint of the trial's Ray Train run (multi-worker
+        trials: Tune never holds their checkpoints). Checkpoints are read through
+        ``facefuse.storage``, so they may be in a store.
+        """
+        local = Path(trial.local_path or "") / S.ARTIFACT_BEST_CHECKPOINT
+        if trial.local_path and local.is_dir():
+            return str(local)
         ckpt = getattr(trial, "checkpoint", None)
         if ckpt is not None and getattr(ckpt, "path", None):
-            candidates.append(Path(ckpt.path) / "best" / "model.pt")
-        return next((str(p) for p in candidates if p.is_file()), None)
+            best = storage.join(storage.uri_of(getattr(ckpt, "filesystem", None), ckpt.path),
+                                BEST_DIR)
+            if storage.exists(best):
+                return best
+        trial_storage = getattr(trial, "storage", None)
+        if trial_storage is None:
+            return None
+        experiment = storage.uri_of(trial_storage.storage_filesystem,
+                                    trial_storage.experiment_fs_path)
+        return train_run_best_dir(experiment, trial.trial_id)
 
-    def _roc_plot(self, trial: "Trial", npz: list[Path]) -> Optional[str]:
-        """Returns the path of the trial's ROC picture (drawn here, in the driver), or None."""
+    def _best_model_file(self, trial: "Trial") -> Optional[str]:
+        """Returns the trainable's best model file (model.pt of its best folder), or None."""
+        best = self._best_dir(trial)
+        if best is None:
+            return None
+        model = storage.join(best, "model.pt")
+        return model if storage.exists(model) else None
+
+    def _roc_plot(self, trial: "Trial", npz: list[str]) -> Optional[str]:
+        """Returns the path of the trial's ROC picture (drawn here, in the driver), or None.
+
+        The ROC data may be in a store: it is read into a temporary folder for the plot.
+        """
         if not npz or self.roc_plot is None:
             return None
-        metrics = next((p.parent / "metrics.json" for p in npz
-                        if (p.parent / "metrics.json").is_file()), None)
         out = self.state_dir / "trial_plots" / trial.trial_id / "roc.png"
         try:
-            path = self.roc_plot(npz, metrics, trial_label(trial, self.searched_params),
-                                  S.flat_config(dict(trial.config)).get("beta"), out)
-        except (OSError, ValueError, KeyError) as exc:
+            with tempfile.TemporaryDirectory(prefix="facefuse-roc-") as tmp:
+                local = [storage.download(u, tmp) for u in npz]
+                metrics_uri = storage.join(npz[0].rsplit("/", 1)[0], "metrics.json")
+                metrics = (storage.download(metrics_uri, tmp) if storage.exists(metrics_uri)
+                           else None)
+                path = self.roc_plot(local, metrics, trial_label(trial, self.searched_params),
+                                     S.flat_config(dict(trial.config)).get("beta"), out)
+        except (OSError, ValueError, KeyError, StorageError) as exc:
             logger.warning("no ROC picture for trial %s: %s", trial.trial_id, exc)
             return None
         return None if path is None else str(path)
 
     def _trial_artifacts(self, trial: "Trial") -> list[tuple[str, Optional[str]]]:
-        """Returns (local path, artifact dir) pairs: resolved config, ROC files, best checkpoint."""
+        """Returns (path or store URI, artifact dir) pairs: resolved config, ROC files, best
+        checkpoint (the writer reads store URIs through ``facefuse.storage``)."""
         out: list[tuple[str, Optional[str]]] = []
-        trial_dir = Path(trial.local_path or "")
         cfg_path = self.state_dir / "trial_configs" / f"{trial.trial_id}.json"
         atomic_write_json(cfg_path, {"config": dict(trial.config), "context": self.trial_context,
                               "sweep_id": self.sweep_id, "trial_id": trial.trial_id})
         out.append((str(cfg_path), S.ARTIFACT_CONFIG))
-        if trial_dir.is_dir():
+        # The self-test writes ROC files beside its best folder, the real trainable inside it.
+        trial_dir = Path(trial.local_path or "")
+        if trial.local_path and trial_dir.is_dir():
             for p in sorted(trial_dir.glob("roc_*.npz")) + sorted(trial_dir.glob("roc_*.png")):
                 out.append((str(p), S.ARTIFACT_ROC))
-            if (trial_dir / S.ARTIFACT_BEST_CHECKPOINT).is_dir():
-                out.append((str(trial_dir / S.ARTIFACT_BEST_CHECKPOINT),
-                            S.ARTIFACT_BEST_CHECKPOINT))
-        # The real trainable keeps its best model and ROC data inside each Tune checkpoint.
-        ckpt = getattr(trial, "checkpoint", None)
-        best = Path(ckpt.path) / "best" if ckpt is not None and getattr(ckpt, "path", None) else None
-        if (best is not None and best.is_dir()
-                and not (trial_dir / S.ARTIFACT_BEST_CHECKPOINT).is_dir()):
-            out.append((str(best), S.ARTIFACT_BEST_CHECKPOINT))
-            for p in sorted(best.glob("roc_*.npz")) + sorted(best.glob("roc_*.png")):
-                out.append((str(p), S.ARTIFACT_ROC))
-        plot = self._roc_plot(trial, [Path(p) for p, d in out
+        try:
+            best = self._best_dir(trial)
+            files = storage.listing(best) if best is not None else []
+        except StorageError as exc:
+            logger.warning("trial %s: its best checkpoint cannot be read (%s); not logged",
+                           trial.trial_id, exc)
+            best, files = None, []
+        if best is not None:
+            out.append((best, S.ARTIFACT_BEST_CHECKPOINT))
+            out += [(f.uri, S.ARTIFACT_ROC) for f in files
+                    if f.name.startswith("roc_") and f.name.endswith((".npz", ".png"))
+                    and (f.uri, S.ARTIFACT_ROC) not in out]
+        plot = self._roc_plot(trial, [p for p, d in out
                                       if d == S.ARTIFACT_ROC and p.endswith(".npz")])
         if plot is not None:
             out.append((plot, S.ARTIFACT_ROC))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from facefuse import storage
 from facefuse.errors import ConfigError
 from facefuse.sweep.console import ConsoleReporter, tune_output, tune_verbosity
 from facefuse.sweep.jobs import (JobSpec, dataset_quality, fixed_config, resolve_paths,
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TRAINABLE = "facefuse.train.run_trial"
 SWEEP_STATE_FILE = "facefuse_sweep.json"
+#: With storage in a store, the sweep's own state lives in <storage>/<sweep id>/<this>.
+STATE_SUBDIR = "facefuse_state"
 #: A trial that runs a TorchTrainer only waits on its workers; it reserves this much CPU itself.
 TRAINER_TRIAL_CPUS = 0.25
 #: How much of ``resources.train_driver_resource`` one such trial takes instead of CPU (a node
@@ -259,27 +262,45 @@ def _wrap(fn: Callable[..., None], job: JobSpec, context: dict[str, Any]) -> Any
 
 
 def _local_storage(job: JobSpec) -> bool:
-    return "://" not in str(job.storage)
+    return not storage.is_remote(str(job.storage))
+
+
+def _experiment_path(job: JobSpec, name: str) -> str:
+    """Returns the URI (or local path) of a Tune experiment in the job's storage."""
+    return storage.join(str(job.storage), name)
 
 
 def _choose_sweep_id(job: JobSpec, resume: bool, trainable_name: str,
                      param_space: Optional[dict[str, Any]] = None) -> str:
     base = sweep_id_for(job, trainable_name, param_space)
-    if resume or not _local_storage(job):
+    if resume:
         return base
     sweep_id, n = base, 1
-    while (Path(job.storage) / sweep_id).exists():
+    while storage.exists(_experiment_path(job, sweep_id)):
         n += 1
         sweep_id = f"{base}-{n}"
     return sweep_id
 
 
-def _state_dir(job: JobSpec, sweep_id: str) -> Path:
-    if _local_storage(job):
-        return Path(job.storage) / sweep_id
-    from facefuse.embedded import embedded_paths
+def _state_dir(job: JobSpec, sweep_id: str) -> tuple[Path, Optional[storage.MirroredDir]]:
+    """Returns (the folder of the sweep's own state, its mirror in a store or None).
 
-    return embedded_paths().base / "sweeps" / sweep_id
+    Local or shared storage: ``<storage>/<sweep id>``. Storage in a store:
+    ``<storage>/<sweep id>/facefuse_state``, read into a temporary folder of the driver and
+    pushed back after writes (``storage.MirroredDir``), so a driver started anywhere (a new
+    ``ray job submit``) finds the run map, backlog and journal of the last one.
+    """
+    if _local_storage(job):
+        return Path(job.storage) / sweep_id, None
+    import tempfile
+
+    from facefuse.tracking.writer import JOURNAL_FILE
+
+    local = Path(tempfile.mkdtemp(prefix=f"facefuse-state-{sweep_id}-"))
+    mirror = storage.MirroredDir(storage.join(_experiment_path(job, sweep_id), STATE_SUBDIR),
+                                 local, append_only=(JOURNAL_FILE,))
+    mirror.pull()
+    return local, mirror
 
 
 def _artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
@@ -294,7 +315,8 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
                    searched_params: Optional[list[str]] = None,
                    summary_handler: Optional[Callable[..., None]] = None,
                    roc_plot: Optional[Callable[..., Any]] = None, confirmation: bool = False,
-                   end_tags: Optional[dict[str, str]] = None) -> "Any":
+                   end_tags: Optional[dict[str, str]] = None,
+                   state_mirror: Optional[storage.MirroredDir] = None) -> "Any":
     """Returns the MLflow tracking callback of a resolved job (of its confirmation round)."""
     from facefuse.sweep.callback import MlflowTrackingCallback
 
@@ -340,7 +362,8 @@ def build_callback(job: JobSpec, sweep_id: str, state_dir: Path, context: dict[s
                            or _artifact_location(job.tracking.uri or "", job.experiment_name)),
         flush_timeout_s=flush_timeout_s, searched_params=searched_params,
         trial_inputs=_trial_inputs(job), summary_handler=summary_handler,
-        roc_plot=roc_plot, confirmation=confirmation, end_tags=end_tags)
+        roc_plot=roc_plot, confirmation=confirmation, end_tags=end_tags,
+        state_mirror=state_mirror)
 
 
 def _trial_inputs(job: JobSpec) -> list[dict[str, str]]:
@@ -425,12 +448,29 @@ def _asha(job: JobSpec, **kw: Any) -> Any:
                          reduction_factor=job.asha.reduction_factor, **kw)
 
 
+def _can_restore(path: str) -> bool:
+    """Returns whether the experiment at a path or store URI can be restored."""
+    from ray import tune
+
+    ray_path, fs = storage.ray_storage(path)
+    return tune.Tuner.can_restore(ray_path, storage_filesystem=fs)
+
+
+def _run_config(job: JobSpec, name: str, **kw: Any) -> Any:
+    """Returns Tune's RunConfig of an experiment in the job's storage (a path or a store)."""
+    from ray import tune
+
+    path, fs = storage.ray_storage(str(job.storage))
+    return tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs, **kw)
+
+
 def _restore(path: str, wrapped: Any, run_config: Any, retry_errored: bool) -> Any:
     """Returns the Tuner of a stored Tune experiment, with today's callbacks and retries."""
     from ray import tune
 
-    tuner = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True,
-                               resume_errored=retry_errored)
+    ray_path, fs = storage.ray_storage(path)
+    tuner = tune.Tuner.restore(ray_path, trainable=wrapped, resume_unfinished=True,
+                               resume_errored=retry_errored, storage_filesystem=fs)
     # tuner.pkl holds the run config of the first run; today's callback (tracking URI,
     # retries) and failure settings replace it.
     restored = tuner._local_tuner.get_run_config() if getattr(tuner, "_local_tuner", None) \
@@ -485,7 +525,8 @@ def confirmation_configs(trials: list[TrialSummary], betas: list[float], seeds: 
 def _confirmation_round(job: JobSpec, wrapped: Any, context: dict[str, Any], sweep_id: str,
                         state_dir: Path, trials: list[TrialSummary], betas: list[float],
                         resume: bool, retry_errored: bool, flush_timeout_s: float,
-                        verbose: bool = False, callback_kwargs: Optional[dict[str, Any]] = None
+                        verbose: bool = False, callback_kwargs: Optional[dict[str, Any]] = None,
+                        state_mirror: Optional[storage.MirroredDir] = None
                         ) -> tuple[list[TrialSummary], Any]:
     """Returns (the confirmation round's trials, its callback) after running or resuming it.
 
@@ -499,21 +540,20 @@ def _confirmation_round(job: JobSpec, wrapped: Any, context: dict[str, Any], swe
                        sweep_id)
         return [], None
     name = sweep_id + CONFIRM_SUFFIX
-    path = (str(Path(job.storage) / name) if _local_storage(job)
-            else f"{str(job.storage).rstrip('/')}/{name}")
+    path = _experiment_path(job, name)
     kwargs = dict(callback_kwargs or {})
     callback = build_callback(job, sweep_id, state_dir, context, flush_timeout_s,
                               confirmation=True, end_tags={
                                   S.TAG_CONFIRMED_BETAS: ",".join(f"{b:g}" for b in betas)},
-                              **kwargs)
+                              state_mirror=state_mirror, **kwargs)
     callback.start()
-    run_config = tune.RunConfig(
-        name=name, storage_path=str(job.storage),
+    run_config = _run_config(
+        job, name,
         callbacks=[callback, ConsoleReporter(None, kwargs.get("searched_params"))],
         failure_config=tune.FailureConfig(max_failures=job.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=tune_verbosity(verbose))
-    if resume and tune.Tuner.can_restore(path):
+    if resume and _can_restore(path):
         logger.info("resuming the confirmation round of sweep %s", sweep_id)
         tuner = _restore(path, wrapped, run_config, retry_errored)
     else:
@@ -577,9 +617,8 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     context = trial_context(job)
 
     sweep_id = _choose_sweep_id(job, resume, _trainable_name(fn), param_space)
-    state_dir = _state_dir(job, sweep_id)
-    experiment_path = (str(Path(job.storage) / sweep_id) if _local_storage(job)
-                       else f"{str(job.storage).rstrip('/')}/{sweep_id}")
+    state_dir, state_mirror = _state_dir(job, sweep_id)
+    experiment_path = _experiment_path(job, sweep_id)
     _write_sweep_state(state_dir, sweep_id, job)
 
     # num_to_keep forces a state snapshot after every few checkpoints; that is what resume
@@ -591,18 +630,18 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
     searched = _searched_params(space, param_space)
     callback = build_callback(job, sweep_id, state_dir, context, flush_timeout_s,
                               searched_params=searched, summary_handler=summary_handler,
-                              roc_plot=roc_plot)
+                              roc_plot=roc_plot, state_mirror=state_mirror)
     # The experiment and the parent run exist before any trial starts (no racing creators).
     callback.start()
 
     wrapped = _wrap(fn, job, context)
     callbacks = [callback, ConsoleReporter(job.max_t if use_asha else None, searched)]
-    run_config = tune.RunConfig(
-        name=sweep_id, storage_path=str(job.storage), callbacks=callbacks,
+    run_config = _run_config(
+        job, sweep_id, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=job.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=tune_verbosity(verbose))
-    resumed = resume and tune.Tuner.can_restore(experiment_path)
+    resumed = resume and _can_restore(experiment_path)
     if resumed:
         logger.info("resuming sweep %s from %s", sweep_id, experiment_path)
         ensure_study_schema(job.tracking.uri or "")
@@ -649,7 +688,8 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
         confirm_trials, confirm_callback = _confirmation_round(
             job, wrapped, context, sweep_id, state_dir, trials, betas, resume,
             retry_errored, flush_timeout_s, verbose,
-            dict(searched_params=searched, summary_handler=summary_handler, roc_plot=roc_plot))
+            dict(searched_params=searched, summary_handler=summary_handler, roc_plot=roc_plot),
+            state_mirror)
         callback = confirm_callback or callback  # it holds the writes still pending
     result = SweepResult(
         sweep_id=sweep_id, experiment_name=job.experiment_name,

@@ -20,9 +20,11 @@ import json
 import logging
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+from facefuse import storage
 from facefuse.tracking import schema as S
 from facefuse.data._io import atomic_write_json
 from facefuse.tracking.queue import Operation
@@ -332,7 +334,17 @@ class SweepWriter:
 
     def log_artifact(self, trial_id: Optional[str], path: str,
                      artifact_path: Optional[str]) -> None:
-        """Uploads a file or directory to a run (nothing when it no longer exists)."""
+        """Uploads a file or directory to a run (nothing when it no longer exists).
+
+        ``path`` may be a store URI (a checkpoint in the job's s3:// storage): it is read
+        through ``facefuse.storage`` into a temporary folder first.
+        """
+        if storage.is_remote(path):
+            if not storage.exists(path):
+                return
+            with tempfile.TemporaryDirectory(prefix="facefuse-artifact-") as tmp:
+                self.log_artifact(trial_id, str(storage.download(path, tmp)), artifact_path)
+            return
         if not os.path.exists(path):
             return
         run_id = self._run_for(trial_id)

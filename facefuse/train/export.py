@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
+from facefuse import storage
 from facefuse.tracking import schema as S
 
 if TYPE_CHECKING:
@@ -106,6 +108,10 @@ def log_fusion_model(tracking_uri: str, run_id: str, model_pt: Path,
 
 def model_handler(writer: Any, op: dict[str, Any]) -> None:
     """Executes a queued "model" operation with the sweep's writer (``SweepWriter.handlers``)."""
-    if Path(op["path"]).exists():
-        log_fusion_model(writer.tracking_uri, writer.run_for(op["trial"]), Path(op["path"]),
-                         op["trial"])
+    path = op["path"]
+    if not storage.exists(path):
+        return
+    # A checkpoint in a store (s3:// storage) is read into a temporary folder first.
+    with tempfile.TemporaryDirectory(prefix="facefuse-model-") as tmp:
+        log_fusion_model(writer.tracking_uri, writer.run_for(op["trial"]),
+                         storage.download(path, tmp), op["trial"])

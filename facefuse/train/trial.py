@@ -11,11 +11,13 @@ checkpoint, so a retried or restored multi-worker trial finds its last checkpoin
 Train's own run state instead, on whichever node it runs. Mid-epoch checkpoints (every N steps,
 every M minutes of training, and on Ray Train's preemption notice) go to
 ``<storage>/<sweep id>/facefuse_step_checkpoints/<trial id>.pt``; a retry that finds one ahead of
-its last epoch checkpoint continues from it.
+its last epoch checkpoint continues from it. Storage may be a path or a store (s3://): every
+file under it is read and written through ``facefuse.storage``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -28,8 +30,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from facefuse import storage
 from facefuse.errors import ConfigError
-from facefuse.data._io import atomic_write
 from facefuse.data import get_dataset
 from facefuse.features.dataset import (BackbonePair, load_eval_sets, load_train_set,
                                        subset_train_set)
@@ -80,22 +82,51 @@ def _maybe_inject_failure(spec: Optional[str], epoch: int, step: int = 0) -> Non
 
 
 def sweep_storage_dir(ctx: TrialContext, experiment: str) -> Optional[str]:
-    """Returns <storage>/<sweep id> for the trial's own state, None without a job storage."""
+    """Returns <storage>/<sweep id> (a path or store URI), None without a job storage."""
     if not ctx.storage:
         return None
-    return f"{ctx.storage.rstrip('/')}/{experiment}"
+    return storage.join(ctx.storage, experiment)
 
 
-def step_checkpoint_path(ctx: TrialContext, experiment: str, trial_id: str) -> Optional[Path]:
-    """Returns where a trial's mid-epoch checkpoint lives, None when there is nowhere to put it.
-
-    Only a local or shared-mount storage is supported here; an s3:// storage waits for the
-    filesystem layer (no mid-epoch checkpoints then, epoch checkpoints still go to Tune).
-    """
+def step_checkpoint_path(ctx: TrialContext, experiment: str, trial_id: str) -> Optional[str]:
+    """Returns where a trial's mid-epoch checkpoint lives (a path or store URI), or None when
+    the job has no storage."""
     base = sweep_storage_dir(ctx, experiment)
-    if base is None or "://" in base:
+    if base is None:
         return None
-    return Path(base) / STEP_CHECKPOINT_DIR / f"{trial_id}.pt"
+    return storage.join(base, STEP_CHECKPOINT_DIR, f"{trial_id}.pt")
+
+
+def train_run_best_dir(experiment: str, trial_id: str) -> Optional[str]:
+    """Returns the URI of ``best/`` in the latest checkpoint of a trial's Ray Train run, or None.
+
+    ``experiment``: the Tune experiment's folder (path or store URI); the Train run is
+    ``<experiment>/ray_train/<trial id>``, its checkpoints ``checkpoint_<timestamp>`` (so the
+    last name is the latest), each holding the best model so far.
+    """
+    run = storage.join(experiment, TRAIN_RUNS_DIR, trial_id)
+    checkpoints = [c for c in storage.folders(run)
+                   if c.rsplit("/", 1)[-1].startswith("checkpoint_")]
+    for ckpt in reversed(checkpoints):
+        best = storage.join(ckpt, BEST_DIR)
+        if storage.exists(storage.join(best, "model.pt")):
+            return best
+    return None
+
+
+def _load_uri(uri: str) -> Any:
+    """Returns a torch file read from a path or store URI (weights_only: plain tensors only)."""
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+
+
+def _diverged_marker() -> str:
+    """Returns the path or store URI of this Tune trial's divergence marker (its trial folder in
+    the job's storage, so a retry on any node sees it)."""
+    from ray import tune
+
+    trial_storage = tune.get_context().get_storage()
+    return storage.join(storage.uri_of(trial_storage.storage_filesystem,
+                                       trial_storage.trial_fs_path), DIVERGED_FILE)
 
 
 def objective_value(metrics: dict[str, float], spec: dict[str, Any],
@@ -187,11 +218,11 @@ def load_state(checkpoint_dir: Path) -> Optional[EpochState]:
     return EpochState.from_dict(torch.load(p, map_location="cpu", weights_only=True))
 
 
-def _step_state(step_path: Optional[Path], resume: Optional[EpochState]) -> Optional[EpochState]:
+def _step_state(step_path: Optional[str], resume: Optional[EpochState]) -> Optional[EpochState]:
     """Returns the mid-epoch state to resume from when it is ahead of the epoch checkpoint."""
-    if step_path is None or not step_path.exists():
+    if step_path is None or not storage.exists(step_path):
         return None
-    state = EpochState.from_dict(torch.load(step_path, map_location="cpu", weights_only=True))
+    state = EpochState.from_dict(_load_uri(step_path))
     done = resume.epoch if resume is not None else 0
     if state.step > 0 and state.epoch >= done:
         logger.info("resuming mid-epoch: epoch %d step %d (%s)", state.epoch + 1, state.step,
@@ -203,11 +234,12 @@ def _step_state(step_path: Optional[Path], resume: Optional[EpochState]) -> Opti
 def run_training(config: dict[str, Any], ctx: TrialContext,
                  report: Callable[[dict[str, float], Optional[Path]], None],
                  resume_dir: Optional[Path], rank: int = 0,
-                 device: Optional[torch.device] = None, step_path: Optional[Path] = None,
+                 device: Optional[torch.device] = None, step_path: Optional[str] = None,
                  preempted: Optional[Callable[[], bool]] = None) -> list[dict[str, float]]:
     """Returns the metric history after running the loop with checkpoints handed to ``report``.
 
-    ``step_path``: where mid-epoch checkpoints are written (rank 0) and read back on a retry.
+    ``step_path``: where mid-epoch checkpoints are written (rank 0) and read back on a retry
+    (a path or store URI, through ``facefuse.storage``).
     """
     if ctx.torch_threads:
         torch.set_num_threads(ctx.torch_threads)
@@ -248,20 +280,20 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
             return
         if step_path is not None and state.epoch >= tcfg.epochs:
             # Tune ends the trial inside its last report; the file would outlive the trial.
-            step_path.unlink(missing_ok=True)
+            storage.delete(step_path)
         with tempfile.TemporaryDirectory(prefix="facefuse-ckpt-") as tmp:
             _save_checkpoint_dir(Path(tmp), state, extras, best, config,
                                  model_config=model.cfg.to_dict())
             report(metrics, Path(tmp))
         if step_path is not None:
-            step_path.unlink(missing_ok=True)  # the epoch checkpoint supersedes it
+            storage.delete(step_path)  # the epoch checkpoint supersedes it
         _maybe_inject_failure(config.get(FAIL_AFTER_EPOCH_PARAM), state.epoch)
 
     def save_step(state: EpochState) -> None:
         assert step_path is not None
-        step_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(step_path) as f:
-            torch.save(state.to_dict(), f)
+        buf = io.BytesIO()
+        torch.save(state.to_dict(), buf)
+        storage.write_bytes(step_path, buf.getvalue())  # atomic: a local temp file + rename
         _maybe_inject_failure(config.get(FAIL_AFTER_STEP_PARAM), state.epoch, state.step)
 
     steps = None
@@ -292,7 +324,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device() if ctx.gpus_per_worker else torch.device("cpu")
     ckpt = ray.train.get_checkpoint()
-    step_path = Path(loop_config["step_path"]) if loop_config.get("step_path") else None
+    step_path = loop_config.get("step_path") or None
 
     def report(metrics: dict[str, float], ckpt_dir: Optional[Path]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
@@ -335,11 +367,12 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     tctx = tune.get_context()
     experiment, trial_id = tctx.get_experiment_name(), tctx.get_trial_id()
     step_path = step_checkpoint_path(ctx, experiment, trial_id)
-    diverged = Path(tctx.get_trial_dir()) / DIVERGED_FILE
-    if diverged.exists():
+    diverged = _diverged_marker()
+    if storage.exists(diverged):
         # Tune retries every error; a retry resumes from the same checkpoint with the same
         # per-epoch seeds, so it would diverge at the same step. Fail at once instead.
-        raise TrainingDiverged(f"{diverged.read_text().strip()} [an earlier attempt of this "
+        reason = storage.read_bytes(diverged).decode(errors="replace").strip()
+        raise TrainingDiverged(f"{reason} [an earlier attempt of this "
                                "trial; not retrained, it would diverge the same way]")
     if ctx.workers_per_trial <= 1:
         device = torch.device("cuda") if ctx.gpus_per_worker and torch.cuda.is_available() \
@@ -353,7 +386,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         try:
             run_training(config, ctx, _tune_report, local, 0, device, step_path)
         except TrainingDiverged as exc:
-            diverged.write_text(str(exc))
+            storage.write_bytes(diverged, str(exc).encode())
             raise
         finally:
             if local is not None:
@@ -367,15 +400,15 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     base = sweep_storage_dir(ctx, experiment)
     # Named after the trial, in the job's storage: a retry (on any node) reopens the same Train
     # run and resumes from its latest checkpoint; Tune itself never holds one for this trial.
-    train_storage = (f"{base}/{TRAIN_RUNS_DIR}" if base is not None
-                     else os.path.join(tctx.get_trial_dir(), TRAIN_RUNS_DIR))
+    train_storage, train_fs = storage.ray_storage(
+        storage.join(base, TRAIN_RUNS_DIR) if base is not None
+        else os.path.join(tctx.get_trial_dir(), TRAIN_RUNS_DIR))
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"config": config, "context": context,
-                           "step_path": str(step_path) if step_path else None},
+        train_loop_config={"config": config, "context": context, "step_path": step_path},
         scaling_config=train_scaling(ctx),
         run_config=RunConfig(
-            name=trial_id, storage_path=train_storage,
+            name=trial_id, storage_path=train_storage, storage_filesystem=train_fs,
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=1, controller_failure_limit=1)),
