@@ -289,6 +289,12 @@ def job_unknown_param(env: Env) -> Expect:
     return Expect(run_job(path), path, "params.betta", "did you mean params.beta?", FacefuseError)
 
 
+def job_gpu_fraction_above_one(env: Env) -> Expect:
+    path = env.job(resources={"gpus_per_worker": 1.5})
+    return Expect(run_job(path), path, "resources.gpus_per_worker",
+                  "above 1 it must be a whole number", FacefuseError)
+
+
 def space_empty_range(env: Env) -> Expect:
     space = env.tmp / "space.yaml"
     space.write_text(yaml.safe_dump({"params": {
@@ -443,6 +449,8 @@ CASES = [
     Case("job_wrong_type", "job file with a wrong type (epochs: three)", job_wrong_type),
     Case("job_unknown_param", "job file params naming no setting (params.betta)",
          job_unknown_param),
+    Case("job_gpu_fraction_above_one", "job file with 1.5 GPUs per worker",
+         job_gpu_fraction_above_one),
     Case("space_empty_range", "search space with an empty range (low > high)", space_empty_range),
     Case("space_mix_outside", "search space with a local/global weight outside [0, 1]",
          space_mix_outside),
