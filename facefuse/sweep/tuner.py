@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from facefuse import storage
-from facefuse.errors import ConfigError
+from facefuse.errors import ConfigError, StorageError
 from facefuse.sweep.console import ConsoleReporter, tune_output, tune_verbosity
 from facefuse.sweep.jobs import (JobSpec, dataset_quality, fixed_config, resolve_paths,
                                  trial_context)
@@ -703,4 +703,20 @@ def run_sweep(job: JobSpec, trainable: Optional[Trainable] = None, resume: bool 
         confirmation_trials=confirm_trials, confirmed_betas=betas)
     logger.info("sweep %s: %d trials (%d failed) in %.0fs", sweep_id, len(trials),
                 result.num_errors, result.wall_s)
+    if state_mirror is not None:
+        _drop_local_state(state_mirror)
     return result
+
+
+def _drop_local_state(mirror: storage.MirroredDir) -> None:
+    """Removes the driver's temporary copy of the sweep state once the store holds all of it."""
+    import shutil
+
+    try:
+        mirror.push(force=True)
+    except StorageError as exc:
+        logger.warning("sweep state kept in %s: it could not be saved to %s (%s); the next run "
+                       "of the sweep on this machine does not read it from there", mirror.local,
+                       mirror.remote, exc)
+        return
+    shutil.rmtree(mirror.local, ignore_errors=True)

@@ -293,7 +293,7 @@ def run_training(config: dict[str, Any], ctx: TrialContext,
         assert step_path is not None
         buf = io.BytesIO()
         torch.save(state.to_dict(), buf)
-        storage.write_bytes(step_path, buf.getvalue())  # atomic: a local temp file + rename
+        storage.write_bytes(step_path, buf.getvalue())  # whole or absent (temp+rename, one PUT)
         _maybe_inject_failure(config.get(FAIL_AFTER_STEP_PARAM), state.epoch, state.step)
 
     steps = None
