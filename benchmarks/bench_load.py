@@ -167,14 +167,17 @@ def main() -> int:
 
     from facefuse.pipeline import prepare_job
 
-    spec, _ = prepare_job(job_path, cwd=base)
+    # features: auto starts this Ray for its extraction job; the sweep then reuses it
+    ray_kwargs = dict(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    spec, _ = prepare_job(job_path, cwd=base, ray_init_kwargs=ray_kwargs)
     setup_s = time.perf_counter() - t0
 
     import ray
 
     from facefuse.sweep import run_sweep
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(**ray_kwargs)
     rss_start = rss_mb()
     sampler = Sampler(Path(spec.storage), args.epochs,
                       tuple(sorted({min(16, args.trials), args.trials})))

@@ -18,11 +18,15 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | str] = None,
-                build_cache: bool = True) -> tuple[JobSpec, dict[str, Any]]:
+                build_cache: bool = True, ray_init_kwargs: Optional[dict[str, Any]] = None
+                ) -> tuple[JobSpec, dict[str, Any]]:
     """Returns (resolved JobSpec, trial context) after making everything the job reads exist.
 
     Embedded pieces (synthetic data, tiny backbones) are built when the job names them and they
-    are not complete yet; the feature cache is filled for the train set and every eval set.
+    are not complete yet. With ``build_cache`` the feature store must hold every entry the job
+    reads; ``features: auto`` first extracts the missing ones as the Ray Data job, on the Ray
+    that ``init_ray(**ray_init_kwargs)`` starts (or joins) here and ``run_sweep`` then reuses:
+    pass the ``ray_init_kwargs`` the sweep would be given.
     """
 
     job = resolve_paths(load_job(path), cwd)
@@ -42,10 +46,10 @@ def prepare_job(path: os.PathLike[str] | str, cwd: Optional[os.PathLike[str] | s
                               field=f"backbones.{name}",
                               fix="give the path of an insightface backbone.pth or AdaFace .ckpt")
     if build_cache and job.data.cache_dir:
-        if job.features == "auto":
-            # the same extraction as `prepare features`, in this process: for the tiny embedded
-            # sets a Ray Data job would cost more to start than it saves
-            extract_features(job, use_ray=False)
+        if job.features == "auto" and not features_complete(job):
+            # the same Ray Data job as `prepare features`; Ray starts only when something is
+            # missing, and as the sweep starts it, so Tune reuses it (no second start)
+            extract_features(job, use_ray=True, ray_init_kwargs=ray_init_kwargs or {})
         check_features(job)
     check_train_subset(job)
     logger.info("job %s prepared in %.0fs", job.name, time.perf_counter() - t0)
@@ -81,6 +85,18 @@ def check_train_subset(job: JobSpec) -> None:
                           job.data.train, job.source)
 
 
+def features_complete(job) -> bool:
+    """Returns whether the job's store holds every entry the job reads (``check_features``
+    would pass)."""
+    from facefuse.errors import DataFormatError
+
+    try:
+        check_features(job)
+    except DataFormatError:
+        return False
+    return True
+
+
 def check_features(job) -> None:
     """Raises the missing-entry error unless the job's store holds every entry the job reads."""
     from facefuse.data.fingerprint import content_fingerprint
@@ -102,11 +118,14 @@ def check_features(job) -> None:
 
 
 def extract_features(job, use_ray: bool = True, shard_size: Optional[int] = None,
-                     actors: int = 1) -> dict[str, Any]:
+                     actors: Optional[int] = None,
+                     ray_init_kwargs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Returns the extraction summary after filling the job's feature store (data.cache_dir).
 
-    With ``use_ray`` this is one Ray Data job on the cluster Ray joins (RAY_ADDRESS) or a local
-    one; GPUs per extraction actor follow the job's resources.gpus_per_worker.
+    With ``use_ray`` this is one Ray Data job on the Ray of this process, else on the cluster
+    ``init_ray(**ray_init_kwargs)`` joins (RAY_ADDRESS) or starts (default kwargs: no
+    dashboard, as `prepare features` needs none); GPUs per extraction actor follow the job's
+    resources.gpus_per_worker, and ``actors`` defaults to one per GPU or CPU of the cluster.
     """
     from facefuse.errors import ConfigError
     from facefuse.features.extraction import extract
@@ -121,7 +140,8 @@ def extract_features(job, use_ray: bool = True, shard_size: Optional[int] = None
         import ray
 
         if not ray.is_initialized():
-            init_ray(include_dashboard=False)
+            init_ray(**(ray_init_kwargs if ray_init_kwargs is not None
+                        else {"include_dashboard": False}))
     return extract(ShardStore(job.data.cache_dir), Path(job.data.root),
                    (Path(job.backbones.arcface), Path(job.backbones.adaface)), job_datasets(job),
                    shard_size=shard_size or DEFAULT_SHARD_SIZE, use_ray=use_ray,

@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                            "(one Ray Data job; data.cache_dir may be a path or s3:// URI)")
         p.add_argument("job", type=Path, help="job YAML file")
         p.add_argument("--shard-size", type=int, default=None, help="images per shard (default 4096)")
-        p.add_argument("--actors", type=int, default=1, help="backbone actors (default 1)")
+        p.add_argument("--actors", type=int, default=None,
+                       help="backbone actors (default: one per GPU of the cluster for a job with "
+                       "resources.gpus_per_worker, else one per CPU; at most one per shard)")
         p.add_argument("--no-ray", action="store_true", help="extract in this process instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

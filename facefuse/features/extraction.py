@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -150,10 +150,12 @@ def _commit(store: ShardStore, d: dict[str, Any], shard_size: int,
     store.write_manifest(manifest)
 
 
-def run_local(plan: Plan, batch_size: int = 64) -> int:
-    """Returns the number of shards extracted in this process (the path for tiny sets and trials)."""
+def run_local(plan: Plan, batch_size: int = 64) -> tuple[int, float]:
+    """Returns (shards extracted in this process, its CPU seconds): `prepare features --no-ray`
+    and ``dataset_maps(build=True)``."""
     from facefuse.features.dataset import _load_backbone_cached
 
+    cpu0 = time.process_time()
     nets = [_load_backbone_cached(str(c)) for c in plan.checkpoints]
     done = 0
     for d in plan.datasets:
@@ -168,7 +170,7 @@ def run_local(plan: Plan, batch_size: int = 64) -> int:
             maps = _regroup(nets, images, d["flips"], batch_size)
             _commit(plan.store, d, plan.shard_size, _write(plan.store, d["keys"], shard, maps), manifest)
             done += 1
-    return done
+    return done, time.process_time() - cpu0
 
 
 def _batched(nets, images, flips, batch_size):
@@ -223,10 +225,9 @@ def _decode_fn(data_root: str, tasks: list[dict[str, Any]]):
     return lambda batch: decode(batch)
 
 
-def run_ray(plan: Plan, gpus_per_actor: float = 0.0, actors: int = 1, batch_size: int = 64) -> int:
-    """Returns the number of shards extracted by one Ray Data job (CPU decode tasks, actor pool)."""
-    import ray
-
+def _shard_tasks(plan: Plan) -> list[dict[str, Any]]:
+    """Returns one task per missing shard, largest work first (images x maps per image), so the
+    last shards to finish are the short ones and the actors end together."""
     tasks = []
     for d in plan.datasets:
         ranges = ShardStore.plan(d["count"], plan.shard_size)
@@ -234,18 +235,54 @@ def run_ray(plan: Plan, gpus_per_actor: float = 0.0, actors: int = 1, batch_size
             tasks.append({"name": d["name"], "content": d["content"], "shard": shard,
                           "start": ranges[shard][0], "stop": ranges[shard][1], "flips": d["flips"],
                           "keys": d["keys"]})
+    return sorted(tasks, key=lambda t: -(t["stop"] - t["start"]) * (2 if t["flips"] else 1))
+
+
+def actor_count(gpus_per_actor: float, tasks: int, actors: Optional[int] = None) -> int:
+    """Returns how many backbone actors the job runs: ``actors`` when given, else one per
+    ``gpus_per_actor`` GPUs of the cluster (GPU jobs) or one per CPU, at most one per shard."""
+    import ray
+
+    if actors is None:
+        have = ray.cluster_resources()
+        actors = int(have.get("GPU", 0) // gpus_per_actor) if gpus_per_actor \
+            else int(have.get("CPU", 1))
+    return max(1, min(actors, tasks))
+
+
+def run_ray(plan: Plan, gpus_per_actor: float = 0.0, actors: Optional[int] = None,
+            batch_size: int = 64) -> tuple[int, Optional[float]]:
+    """Returns (shards extracted by one Ray Data job, the CPU seconds of its tasks as Ray Data
+    counted them, None if it did not say). Decode tasks and an actor pool.
+
+    On GPU actors the decode runs in separate CPU tasks, pipelined with the actors' forwards.
+    On CPU actors (1 CPU each, so Ray gives torch one thread per actor) Ray Data fuses the
+    decode into the actor's stage, since both ask for the same resources: decoding is a few
+    percent of a shard's time, and one actor per CPU, each on its own shard, keeps every core
+    on the backbones without a decoded shard crossing the object store
+    (benchmarks/README.md, "features: auto as the Ray Data job").
+    """
+    import ray
+
+    tasks = _shard_tasks(plan)
     if not tasks:
-        return 0
+        return 0, 0.0
+    size = actor_count(gpus_per_actor, len(tasks), actors)
+    logger.info("extraction job: %d shard(s) on %d backbone actor(s)%s", len(tasks), size,
+                f", {gpus_per_actor:g} GPU each" if gpus_per_actor else "")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
-    ds = ray.data.range(len(tasks), override_num_blocks=len(tasks))
-    # decode + align: stateless CPU tasks, as many in flight as the cluster has CPUs
+    # task ids as in-memory blocks: a read stage (ray.data.range) would be a CPU task of its own,
+    # never fused with the actors' stage, and with one CPU actor per CPU it never got a CPU
+    ds = ray.data.from_items([{"id": i} for i in range(len(tasks))],
+                             override_num_blocks=len(tasks))
+    # decode + align: stateless CPU tasks (fused into the CPU actors' stage, see above)
     ds = ds.map_batches(_decode_fn(str(plan.data_root), tasks), batch_size=1, batch_format="numpy",
                         num_cpus=1)
     ds = ds.map_batches(_Extract, fn_constructor_kwargs={
         "root": plan.store.root, "checkpoints": tuple(str(c) for c in plan.checkpoints),
         "tasks": tasks, "batch_size": batch_size}, batch_size=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor or None,
+        compute=ray.data.ActorPoolStrategy(size=size), num_gpus=gpus_per_actor or None,
         num_cpus=0.5 if gpus_per_actor else 1)
     by_name = {d["name"]: d for d in plan.datasets}
     manifests = {d["name"]: plan.store.read_manifest(d["name"], d["content"]) for d in plan.datasets}
@@ -260,14 +297,21 @@ def run_ray(plan: Plan, gpus_per_actor: float = 0.0, actors: int = 1, batch_size
             _commit(plan.store, d, plan.shard_size, group, manifests[rec["name"]])
             del pending[(rec["name"], rec["shard"])]
             done += 1
-    return done
+    # which stages Ray Data fused and where the time went (benchmarks/bench_auto_features.py)
+    logger.debug("extraction job stats:\n%s", ds.stats())
+    try:  # Ray Data keeps its stats summary private; the CPU seconds are for the summary only
+        cpu: Optional[float] = float(ds._get_stats_summary().get_total_cpu_time())
+    except Exception:  # noqa: BLE001 - a stats API change must not fail a finished job
+        cpu = None
+    return done, cpu
 
 
 def extract(store: ShardStore, data_root: Path, checkpoints: tuple[Path, Path],
             datasets: Sequence[DatasetWork], shard_size: int = DEFAULT_SHARD_SIZE,
-            use_ray: bool = True, gpus_per_actor: float = 0.0, actors: int = 1,
+            use_ray: bool = True, gpus_per_actor: float = 0.0, actors: Optional[int] = None,
             batch_size: int = 64) -> dict[str, Any]:
-    """Returns a summary (plan rows, shards extracted, images, seconds) after filling the store."""
+    """Returns a summary (plan rows, shards extracted, images, seconds, CPU seconds of the
+    extracting processes where known) after filling the store."""
     storage.check_writable(store.root)
     plan = plan_extraction(store, data_root, checkpoints, datasets, shard_size)
     for name, ckpt, nbytes in plan.bytes_per_dataset_backbone():
@@ -277,8 +321,9 @@ def extract(store: ShardStore, data_root: Path, checkpoints: tuple[Path, Path],
     images = sum(sum(stop - start for start, stop in
                      (ShardStore.plan(d["count"], plan.shard_size)[i] for i in d["missing"]))
                  for d in plan.datasets)
-    shards = run_ray(plan, gpus_per_actor, actors, batch_size) if use_ray else run_local(plan, batch_size)
+    shards, cpu_s = (run_ray(plan, gpus_per_actor, actors, batch_size) if use_ray
+                     else run_local(plan, batch_size))
     seconds = time.perf_counter() - started
     return {"sizes": plan.bytes_per_dataset_backbone(), "shards": shards, "images": images,
             "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else 0.0,
-            "bytes": plan.bytes_to_write()}
+            "bytes": plan.bytes_to_write(), "cpu_s": cpu_s}
