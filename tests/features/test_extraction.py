@@ -136,3 +136,17 @@ def _train_twice(world: dict[str, Path], store: str) -> dict[float, list[dict[st
                             lambda m, c: None, None)
         out[beta] = [{k: v for k, v in e.items() if not k.startswith("time/")} for e in hist]
     return out
+
+
+def test_actor_count_follows_the_cluster(ray_local: None) -> None:
+    """One CPU actor per CPU of the cluster, one GPU actor per gpus_per_actor GPUs (at least one,
+    which an autoscaler then places), never more than shards, and --actors wins."""
+    import ray
+
+    from facefuse.features.extraction import actor_count
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    assert actor_count(0.0, tasks=100) == cpus
+    assert actor_count(0.0, tasks=1) == 1
+    assert actor_count(1.0, tasks=100) == max(1, int(ray.cluster_resources().get("GPU", 0)))
+    assert actor_count(0.0, tasks=100, actors=3) == 3 and actor_count(0.0, 2, actors=3) == 2
