@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Optional
 
+from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from facefuse.tracking.schema import METRIC_EPOCH
+
+logger = logging.getLogger(__name__)
 
 
 class EpochOptunaSearch(OptunaSearch):
@@ -23,4 +27,17 @@ class EpochOptunaSearch(OptunaSearch):
         epoch = result.get(METRIC_EPOCH)
         if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and epoch >= 1:
             result = {**result, TRAINING_ITERATION: int(epoch)}
-        super().on_trial_result(trial_id, result)
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:
+            # A resumed sweep (driver stopped and resubmitted) can replay the last epoch of a
+            # trial the study already closed: the study keeps what it has.
+            logger.debug("study trial of %s already finished; result of epoch %s not re-reported",
+                         trial_id, epoch)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict[str, Any]] = None,
+                          error: bool = False) -> None:
+        try:
+            super().on_trial_complete(trial_id, result, error)
+        except UpdateFinishedTrialError:
+            logger.debug("study trial of %s already finished; completion not re-reported", trial_id)
