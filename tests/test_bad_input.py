@@ -352,21 +352,20 @@ def _moto() -> str:
 
 def _with_env(op: Callable[[], Any], **env: Optional[str]) -> Callable[[], Any]:
     """Returns ``op`` run with the AWS environment ``env`` (None: unset), restored after."""
+    def apply(values: dict[str, Optional[str]]) -> None:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
     def run() -> Any:
         saved = {k: os.environ.get(k) for k in env}
         try:
-            for k, v in env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            apply(env)
             return op()
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            apply(saved)
     return run
 
 
