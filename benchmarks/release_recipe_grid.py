@@ -25,23 +25,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-#: name -> (base recipe, overrides). Steps are what a GPU trains in a minute or two.
+#: name -> (base recipe, overrides). Steps are upper bounds: ``--budget-seconds`` cuts them to what
+#: the device trains in that time, measured by a short timed run of every candidate side by side.
 CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
-    "arc_2k": ("arcface", {"steps": 2000, "warmup_steps": 100}),
-    "arc_4k": ("arcface", {"steps": 4000, "warmup_steps": 200}),
-    "ada_lp02_2k": ("adaface", {"steps": 2000, "warmup_steps": 100}),
-    "ada_lp02_4k": ("adaface", {"steps": 4000, "warmup_steps": 200}),
-    "ada_lp04_4k": ("adaface", {"steps": 4000, "warmup_steps": 200, "aug_prob": 0.4}),
-    "ada_lo04_4k": ("adaface", {"steps": 4000, "warmup_steps": 200, "aug_prob": 0.4,
-                                "aug_ops": ("lowres",)}),
-    "ada_all02_4k": ("adaface", {"steps": 4000, "warmup_steps": 200,
+    "arc_3k": ("arcface", {"steps": 3000}),
+    "arc_6k": ("arcface", {"steps": 6000}),
+    "ada_lp03_3k": ("adaface", {"steps": 3000, "aug_prob": 0.3}),
+    "ada_lp03_6k": ("adaface", {"steps": 6000, "aug_prob": 0.3}),
+    "ada_lp05_6k": ("adaface", {"steps": 6000, "aug_prob": 0.5}),
+    "ada_lo05_6k": ("adaface", {"steps": 6000, "aug_prob": 0.5, "aug_ops": ("lowres",)}),
+    "ada_all03_6k": ("adaface", {"steps": 6000, "aug_prob": 0.3,
                                  "aug_ops": ("crop", "lowres", "photometric")}),
-    "ada_lp02_t01_4k": ("adaface", {"steps": 4000, "warmup_steps": 200, "t_alpha": 0.01}),
+    "ada_lp05_t01_6k": ("adaface", {"steps": 6000, "aug_prob": 0.5, "t_alpha": 0.01}),
 }
 
 
 def _train(name: str, data: str, out: str, device: str, seed: int,
-           steps: int | None = None) -> dict[str, Any]:
+           steps: int | None = None, save: bool = True) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -52,8 +52,11 @@ def _train(name: str, data: str, out: str, device: str, seed: int,
 
     torch.set_num_threads(1)
     base, over = CANDIDATES[name]
-    if steps is not None:  # a smoke run
-        over = dict(over, steps=steps, warmup_steps=max(1, steps // 10))
+    if steps is not None:  # a smoke run, a timing run or a budget cut
+        steps = min(steps, int(over["steps"]))
+    else:
+        steps = int(over["steps"])
+    over = dict(over, steps=steps, warmup_steps=max(1, steps // 20))
     recipe = with_overrides(ARCFACE_TINY if base == "arcface" else ADAFACE_TINY, **over)
     train = load_train_set(TRAIN_SET, data)
     images = train.images()
@@ -61,6 +64,8 @@ def _train(name: str, data: str, out: str, device: str, seed: int,
     model, head, metrics = train_tiny_backbone(images, labels, train.num_classes, recipe, seed,
                                                progress=False, device=device)
     path = Path(out) / name / Path(recipe.filename).name
+    if not save:
+        return {"name": name, "metrics": metrics}
     if recipe.layout == "insightface":
         save_insightface(model, path)
     else:
@@ -80,6 +85,10 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=len(CANDIDATES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="override every candidate's steps (smoke runs)")
+    ap.add_argument("--budget-seconds", type=float, default=None,
+                    help="train each candidate at most this long: a timed run of --probe-steps "
+                         "first, then each candidate's steps cut to fit (rounded down to 100)")
+    ap.add_argument("--probe-steps", type=int, default=60)
     ap.add_argument("--eval", action="store_true", help="score each checkpoint afterwards")
     ap.add_argument("--eval-only", action="store_true", help="score the checkpoints under --out")
     args = ap.parse_args()
@@ -91,9 +100,21 @@ def main() -> int:
     if not args.eval_only:
         t0 = time.perf_counter()
         ctx = multiprocessing.get_context("spawn")
+        steps: dict[str, int | None] = {n: args.steps for n in names}
+        if args.budget_seconds is not None:
+            with ProcessPoolExecutor(min(args.parallel, len(names)), mp_context=ctx) as pool:
+                futures = [pool.submit(_train, n, str(args.data), str(args.out), args.device,
+                                       args.seed, args.probe_steps, False) for n in names]
+                probes = [f.result() for f in futures]
+            for probe in probes:
+                per_step = probe["metrics"]["train_seconds"] / args.probe_steps
+                fit = int(args.budget_seconds / per_step) // 100 * 100
+                steps[probe["name"]] = max(100, min(fit, args.steps or fit))
+                print(f"probe {probe['name']}: {per_step * 1000:.1f} ms/step side by side -> "
+                      f"at most {steps[probe['name']]} steps")
         with ProcessPoolExecutor(min(args.parallel, len(names)), mp_context=ctx) as pool:
             futures = [pool.submit(_train, n, str(args.data), str(args.out), args.device, args.seed,
-                                   args.steps) for n in names]
+                                   steps[n]) for n in names]
             rows = [f.result() for f in futures]
         print(f"trained {len(rows)} candidates in {time.perf_counter() - t0:.0f}s on {args.device}")
         summary_path.write_text(json.dumps(rows, indent=1))
