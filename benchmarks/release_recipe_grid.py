@@ -37,6 +37,10 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "ada_all03_6k": ("adaface", {"steps": 6000, "aug_prob": 0.3,
                                  "aug_ops": ("crop", "lowres", "photometric")}),
     "ada_lp05_t01_6k": ("adaface", {"steps": 6000, "aug_prob": 0.5, "t_alpha": 0.01}),
+    # second round: low resolution alone led the first (session 5), trained longer
+    "ada_lo03_6k": ("adaface", {"steps": 6000, "aug_prob": 0.3, "aug_ops": ("lowres",)}),
+    "ada_lo07_6k": ("adaface", {"steps": 6000, "aug_prob": 0.7, "aug_ops": ("lowres",)}),
+    "ada_lo05_9k": ("adaface", {"steps": 9000, "aug_prob": 0.5, "aug_ops": ("lowres",)}),
 }
 
 

@@ -7,10 +7,14 @@ The grid runs as one Ray Tune ``grid_search`` over whole trial configs (not a pr
 per-key grids, which would cross no_vib with every beta); see ``ablation_param_space``.
 
 Table decision: by default each cell is the variant's result at the beta that is best *for that
-dataset* (mean over seeds), matching how ``best_beta`` picks beta per dataset; the betas used
-are reported beside the table. ``beta="all"`` gives one row per (variant, beta) with no
-selection at all, and a number fixes one beta for every variant. Values are each run's metric at
-its final epoch (fixed budget, no per-run selection on the benchmark).
+dataset* (mean over seeds), matching how ``best_beta`` picks beta per dataset. When the runs logged
+the held-out parts (``facefuse.evaluation.splits``), beta is chosen on the selection part and the
+cell reports the report part, so no cell is chosen on the data it reports; the betas used are
+reported beside the table. Cells are the mean over seeds with its 90% Student-t interval.
+``beta="all"`` gives one row per (variant, beta) with no selection at all (full-set values), and
+a number fixes one beta for every variant. Values are each run's metric at its final epoch (fixed
+budget, no per-run selection on the benchmark). ``facefuse.claims`` turns the rows into the
+paper's claims, each a paired difference over seeds with its interval.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pandas as pd
 
 from facefuse.data._io import atomic_write_text
 from facefuse.errors import ConfigError
+from facefuse.stats import LEVEL
 from facefuse.tables import format_table
 from facefuse.selection import higher_is_better, is_seed_param, run_params, run_variant
 from facefuse.tracking import schema as S
@@ -187,7 +192,11 @@ def _run_seed(run: Any) -> Optional[int]:
 
 
 def rows_from_runs(runs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Returns one row (variant, beta, seed, dataset, metric, value, run_id) per run and dataset."""
+    """Returns one row (variant, beta, seed, dataset, metric, value, sel, test, run_id) per run and dataset.
+
+    ``value`` is the full set's final-epoch primary metric, ``sel`` and ``test`` its selection and
+    report parts' (``facefuse.evaluation.splits``; None when the run did not log them).
+    """
     from facefuse.data import DATASETS
 
     rows = []
@@ -211,9 +220,14 @@ def rows_from_runs(runs: Sequence[Any]) -> list[dict[str, Any]]:
             key = S.metric_key(dataset, spec.primary_metric)
             if key not in run.data.metrics:
                 continue
+            sel = run.data.metrics.get(S.part_key(dataset, spec.primary_metric, S.PART_SELECTION))
+            test = run.data.metrics.get(S.part_key(dataset, spec.primary_metric, S.PART_REPORT))
             rows.append({"variant": variant, "beta": beta, "seed": _run_seed(run),
                          "dataset": dataset, "metric": key,
-                         "value": float(run.data.metrics[key]), "run_id": run.info.run_id})
+                         "value": float(run.data.metrics[key]),
+                         "sel": None if sel is None else float(sel),
+                         "test": None if test is None else float(test),
+                         "run_id": run.info.run_id})
     order = {name: i for i, name in enumerate(VARIANTS)}
     rows.sort(key=lambda r: (order.get(r["variant"], len(order)), r["variant"],
                              -1.0 if r["beta"] is None else r["beta"],
@@ -254,27 +268,50 @@ def parse_beta_mode(beta: BetaMode) -> BetaMode:
     return beta
 
 
-def ablation_stats(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> pd.DataFrame:
-    """Returns mean/std/n over seeds per (variant, beta, dataset), filtered by the beta mode.
+def _with_parts(df: pd.DataFrame) -> bool:
+    return ("sel" in df and "test" in df and bool(df["sel"].notna().all())
+            and bool(df["test"].notna().all()))
 
-    Columns: variant, dataset, metric, beta, mean, std (sample std; NaN for one seed), n.
+
+def ablation_stats(rows: Sequence[dict[str, Any]], beta: BetaMode = "best",
+                   level: float = LEVEL) -> pd.DataFrame:
+    """Returns mean, interval and n over seeds per (variant, beta, dataset), filtered by the beta mode.
+
+    Columns: variant, dataset, metric, beta, mean, std (sample std; NaN for one seed), n, low and
+    high (the Student-t interval of the mean at ``level``; NaN for one seed) and reported_on.
     ``beta``: "best" keeps each (variant, dataset)'s best beta, "all" keeps every beta, a
-    number keeps that beta (variants without a bottleneck keep their single row).
+    number keeps that beta (variants without a bottleneck keep their single row). With "best"
+    and rows carrying both held-out parts, beta is chosen on the selection part's mean and the
+    cell reports the report part (reported_on "test"): selection and reporting on different
+    subjects. Otherwise (no selection, or runs without parts) cells are full-set values
+    (reported_on "full").
     """
+    from facefuse.stats import t_quantile
+
     beta = parse_beta_mode(beta)
-    cols = ["variant", "dataset", "metric", "beta", "mean", "std", "n"]
+    cols = ["variant", "dataset", "metric", "beta", "mean", "std", "n", "low", "high",
+            "reported_on"]
     if not rows:
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame(list(rows))
+    heldout = beta == "best" and _with_parts(df)
     df["beta_key"] = df["beta"].fillna(-1.0)
-    grouped = (df.groupby(["variant", "dataset", "metric", "beta_key"], sort=False)["value"]
+    keys = ["variant", "dataset", "metric", "beta_key"]
+    grouped = (df.groupby(keys, sort=False)["test" if heldout else "value"]
                .agg(mean="mean", std="std", n="count").reset_index())
+    grouped["pick"] = (df.groupby(keys, sort=False)["sel"].mean().to_numpy() if heldout
+                       else grouped["mean"])
+    half = [t_quantile(level, int(n) - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+            for sd, n in zip(grouped["std"], grouped["n"])]
+    grouped["low"] = grouped["mean"] - half
+    grouped["high"] = grouped["mean"] + half
+    grouped["reported_on"] = "test" if heldout else "full"
     grouped["beta"] = grouped["beta_key"].where(grouped["beta_key"] >= 0)
     grouped = grouped.drop(columns="beta_key")
     if beta == "best":
         picks = []
         for (_, _, metric), part in grouped.groupby(["variant", "dataset", "metric"], sort=False):
-            idx = part["mean"].idxmax() if higher_is_better(metric) else part["mean"].idxmin()
+            idx = part["pick"].idxmax() if higher_is_better(metric) else part["pick"].idxmin()
             picks.append(idx)
         grouped = grouped.loc[picks]
     elif beta != "all":
@@ -335,14 +372,14 @@ def _scale(stats: pd.DataFrame) -> dict[str, float]:
     return scale
 
 
-def _cell(mean: float, std: float, factor: float) -> str:
-    if math.isnan(std):
+def _cell(mean: float, low: float, high: float, factor: float) -> str:
+    if math.isnan(low):
         return f"{mean * factor:.2f}"
-    return f"{mean * factor:.2f} ± {std * factor:.2f}"
+    return f"{mean * factor:.2f} [{low * factor:.2f}, {high * factor:.2f}]"
 
 
 def ablation_table(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> pd.DataFrame:
-    """Returns the paper-style table: rows = variants, columns = datasets, "mean ± std" cells.
+    """Returns the paper-style table: rows = variants, columns = datasets, "mean [low, high]" cells.
 
     Values in percent when they are fractions. With ``beta="all"`` the rows are (variant, beta).
     ``table.attrs["beta"]`` holds the beta behind each cell (a DataFrame of the same shape) and
@@ -355,8 +392,8 @@ def ablation_table(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> p
         table.attrs.update(stats=stats, beta=pd.DataFrame(), beta_mode=beta)
         return table
     factor = _scale(stats)
-    stats = stats.assign(cell=[_cell(m, s, factor[d]) for m, s, d in
-                               zip(stats["mean"], stats["std"], stats["dataset"])])
+    stats = stats.assign(cell=[_cell(m, lo, hi, factor[d]) for m, lo, hi, d in
+                               zip(stats["mean"], stats["low"], stats["high"], stats["dataset"])])
     datasets = _dataset_order(stats["dataset"])
     variants = list(dict.fromkeys(stats["variant"]))
     if beta == "all":
@@ -392,8 +429,11 @@ def table_markdown(table: pd.DataFrame) -> str:
         header = ["variant"] + list(table.columns)
         body = [[idx] + list(row) for idx, row in zip(table.index, table.values.tolist())]
     unit = "%, " if percent else ""
-    if mode == "best":
-        how = "each cell at the variant's best beta for that dataset"
+    if mode == "best" and not stats.empty and (stats["reported_on"] == "test").all():
+        how = ("each cell at the variant's best beta for that dataset, chosen on the selection "
+               "part and reported on the report part (subject-disjoint)")
+    elif mode == "best":
+        how = "each cell at the variant's best beta for that dataset (chosen and reported on it)"
     elif mode == "all":
         how = "one row per beta"
     else:
@@ -403,7 +443,8 @@ def table_markdown(table: pd.DataFrame) -> str:
         (f"{int(n.min())}-{int(n.max())}" if len(n) else "0")
     # Cells as str() writes them (a beta of the index reads 0.1, not format_cell's 4 digits).
     parts = [format_table(header, [[str(c) for c in r] for r in body]), "",
-             f"Final-epoch primary metric ({unit}mean ± std over {seeds} seeds), {how}."]
+             f"Final-epoch primary metric ({unit}mean and {LEVEL:.0%} Student-t interval over "
+             f"{seeds} seeds), {how}."]
     betas: pd.DataFrame = table.attrs.get("beta", pd.DataFrame())
     if mode == "best" and not betas.empty:
         bbody = [[str(idx)] + ["-" if b != b else f"{b:g}" for b in row]

@@ -5,6 +5,10 @@ trade-off plot, ROC curves, importances, backbone similarity.
 them to the experiment's parent (sweep) runs under ``report/``:
 
 - ``ablation.md`` / ``ablation.csv``: the ablation table, when ablation runs exist;
+- ``claims.md`` / ``claims.csv``: the paper's claims on those runs (fusion against each single
+  backbone, local + global against each branch, VIB on against off, attention against
+  concatenation, best beta against quality), each a paired difference over seeds with its 90%
+  interval and a verdict (``facefuse.claims``);
 - ``beta_tradeoff.png``: each dataset's primary metric against beta, high-quality sets on the
   left and mixed/low-quality sets on the right, with the smoothed curve and band of
   ``facefuse.selection``; ``best_beta_by_dataset.csv`` holds each curve's preferred beta;
@@ -40,6 +44,7 @@ import numpy as np
 
 from facefuse.ablation import (QUALITY_ORDER, ablation_table, fusion_gains, rows_from_runs,
                                write_table)
+from facefuse.claims import check_claims, claims_markdown
 from facefuse.data._io import atomic_write, atomic_write_json, atomic_write_text
 from facefuse.selection import (
     collect_trials,
@@ -97,6 +102,17 @@ def _save_figure(fig: "Figure", path: Path) -> Path:
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
     return path
+
+
+#: The columns of claims.csv (``facefuse.claims.ClaimResult`` fields).
+CLAIM_COLUMNS = ("claim", "dataset", "quality", "diff", "low", "high", "n", "verdict", "beta_a",
+                 "beta_b", "unit")
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -508,6 +524,20 @@ def _backbone_section(report: "Report", out: Path, client: "MlflowClient",
             f"Numbers: [{csv_path.name}]({csv_path.name})", ""]
 
 
+def _claims_section(report: Report, out: Path, rows: Sequence[dict[str, Any]]) -> list[str]:
+    claims = check_claims(rows)
+    if not claims:
+        report.skipped.append("claims: the ablation runs logged no held-out parts to select and "
+                              "report on")
+        return []
+    md = atomic_write_text(out / "claims.md", claims_markdown(claims))
+    csv_path = atomic_write_text(out / "claims.csv", _csv_text(
+        list(CLAIM_COLUMNS), [[_csv_cell(c.as_dict()[k]) for k in CLAIM_COLUMNS] for c in claims]))
+    report.files += [md, csv_path]
+    return ["## The paper's claims", "", md.read_text().rstrip(), "",
+            f"Numbers: [{csv_path.name}]({csv_path.name})", ""]
+
+
 # ---------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------
@@ -537,6 +567,7 @@ def make_report(tracking_uri: Optional[str], experiment: str, out_dir: Union[str
         report.files += [md, csv_path]
         sections += ["## Ablation", "", md.read_text().rstrip(), "",
                      f"Numbers: [{csv_path.name}]({csv_path.name})", ""]
+        sections += _claims_section(report, out, rows)
     else:
         report.skipped.append("ablation table: no runs with a facefuse.variant tag")
 

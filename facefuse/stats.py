@@ -705,7 +705,8 @@ def _z(level: float) -> float:
     return float(norm.ppf(0.5 + level / 2.0))
 
 
-def _t(level: float, dof: int) -> float:
+def t_quantile(level: float, dof: int) -> float:
+    """Returns the Student-t quantile of a two-sided interval at ``level`` on ``dof`` degrees."""
     from scipy.stats import t as student_t
 
     return float(student_t.ppf(0.5 + level / 2.0, dof))
@@ -774,7 +775,7 @@ class QualityFit:
         d = quality - self.centre_quality
         var = (self.var_centre + d * d * self.var_slope + self.slope ** 2 * quality_se ** 2
                + self.typical_var)
-        half = _t(self.level, self.dof) * math.sqrt(var)
+        half = t_quantile(self.level, self.dof) * math.sqrt(var)
         centre = self.line(quality)
         return centre, (centre - half, centre + half)
 
@@ -836,7 +837,7 @@ def fit_beta_vs_quality(quality: Sequence[float], quality_se: Sequence[float],
     chi2 = float((w * resid ** 2).sum())
     scale = max(1.0, chi2 / dof)
     var_slope = scale / sxx
-    half = _t(level, dof) * math.sqrt(var_slope)
+    half = t_quantile(level, dof) * math.sqrt(var_slope)
     return QualityFit(slope=slope, slope_interval=(slope - half, slope + half),
                       centre_quality=xc, centre_log_beta=yc, var_centre=scale / float(w.sum()),
                       var_slope=var_slope, scale=scale, typical_var=scale * float(var.mean()),

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 from facefuse.ablation import (DEFAULT_BETAS, DEFAULT_SEEDS, VARIANTS, AblationResult,
                                ablation_param_space, ablation_results, parse_beta_mode,
                                run_ablation_grid, table_markdown)
+from facefuse.claims import check_claims, claims_markdown
 from facefuse.sweep.jobs import load_job
 from platform._cli import run_command
 
@@ -82,7 +83,8 @@ def format_ablation(result: AblationResult) -> str:
     """Returns the text the ablation command prints: the markdown table and where rows went."""
     lines = [f"ablation ({result.experiment}" + (f", sweep {result.sweep_id}" if result.sweep_id
                                                  else "") + f"): {len(result.rows)} rows", "",
-             table_markdown(result.table).rstrip()]
+             table_markdown(result.table).rstrip(), "", "Claims:", "",
+             claims_markdown(check_claims(result.rows)).rstrip()]
     if result.json_path is not None:
         lines += ["", f"rows written to {result.json_path}"]
     return "\n".join(lines)

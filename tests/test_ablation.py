@@ -171,22 +171,23 @@ def test_table_means_and_stds(store: dict) -> None:
     table = ablation_table(rows)  # best beta per (variant, dataset)
     assert list(table.index) == ["full", "local_only", "no_vib"]
     assert list(table.columns) == ["synth_lfw", "synth_ijbc"]  # high quality first
-    assert table.loc["full", "synth_lfw"] == "92.00 ± 1.00"
-    assert table.loc["full", "synth_ijbc"] == "80.00 ± 1.00"  # at beta 1, not 0.1
-    assert table.loc["no_vib", "synth_lfw"] == "87.00 ± 1.00"
+    assert table.loc["full", "synth_lfw"] == "92.00 [90.31, 93.69]"  # t(0.95, 2) * 1 / sqrt(3)
+    assert table.loc["full", "synth_ijbc"] == "80.00 [78.31, 81.69]"  # at beta 1, not 0.1
+    assert table.loc["no_vib", "synth_lfw"] == "87.00 [85.31, 88.69]"
     betas = table.attrs["beta"]
     assert betas.loc["full", "synth_lfw"] == 0.1 and betas.loc["full", "synth_ijbc"] == 1.0
     assert np.isnan(betas.loc["no_vib", "synth_lfw"])
 
     fixed = ablation_table(rows, beta=0.1)
-    assert fixed.loc["full", "synth_ijbc"] == "78.00 ± 1.00"
-    assert fixed.loc["no_vib", "synth_ijbc"] == "77.00 ± 1.00"
+    assert fixed.loc["full", "synth_ijbc"] == "78.00 [76.31, 79.69]"
+    assert fixed.loc["no_vib", "synth_ijbc"] == "77.00 [75.31, 78.69]"
     per_beta = ablation_table(rows, beta="all")
-    assert per_beta.loc[("full", "1"), "synth_lfw"] == "90.00 ± 1.00"
-    assert per_beta.loc[("no_vib", "-"), "synth_lfw"] == "87.00 ± 1.00"
+    assert per_beta.loc[("full", "1"), "synth_lfw"] == "90.00 [88.31, 91.69]"
+    assert per_beta.loc[("no_vib", "-"), "synth_lfw"] == "87.00 [85.31, 88.69]"
 
     md = table_markdown(table)
-    assert md.startswith("| variant") and "92.00 ± 1.00" in md and "Beta behind" in md
+    assert md.startswith("| variant") and "92.00 [90.31, 93.69]" in md and "Beta behind" in md
+    assert "90% Student-t interval over 3 seeds" in md and "chosen and reported on it" in md
     with pytest.raises(ConfigError):
         ablation_table(rows, beta="median")
 
@@ -207,7 +208,8 @@ def test_files_are_written_atomically_and_parse(store: dict, tmp_path: Path) -> 
     md, csv = write_table(result.table, tmp_path / "tables")
     assert md.read_text().startswith("| variant")
     frame = pd.read_csv(csv)
-    assert list(frame.columns) == ["variant", "dataset", "metric", "beta", "mean", "std", "n"]
+    assert list(frame.columns) == ["variant", "dataset", "metric", "beta", "mean", "std", "n",
+                                   "low", "high", "reported_on"]
     assert len(frame) == 3 * 2
     text = format_ablation(result)
     assert "30 rows" in text and str(json_path) in text
@@ -246,8 +248,39 @@ def test_mix_variants_have_their_own_rows(tmp_path: Path) -> None:
             BASE.pop(key)
     table = ablation_table(rows)
     assert list(table.index) == ["full", "mix_learned", "mix_0.25"]
-    assert table.loc["mix_learned", "synth_lfw"] == "92.50 ± 0.71"
+    assert table.loc["mix_learned", "synth_lfw"] == "92.50 [89.34, 95.66]"  # two seeds: t(0.95, 1)
     learned = next(r for r in rows if r["variant"] == "mix_learned")
     assert learned["beta"] == 0.1
     run = client.get_run(learned["run_id"])
     assert run.data.params["mix"] == "learned"  # the grid entry's weight is a param of the run
+
+
+def test_best_beta_is_chosen_on_the_selection_part_and_reported_on_the_other(tmp_path: Path) -> None:
+    """With both held-out parts logged, no cell is chosen on the data it reports."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("parts", artifact_location=(tmp_path / "art").as_uri())
+    # the selection part prefers beta 0.1, the report part (and the full set) beta 1
+    values = {0.1: (0.95, 0.80, 0.88), 1.0: (0.90, 0.90, 0.90)}  # (sel, test, full)
+    for beta, (sel, test, full) in values.items():
+        for seed in (0, 1, 2):
+            run = client.create_run(exp, tags={
+                "facefuse.kind": "trial", "facefuse.sweep_id": "p", "facefuse.datasets": "synth_lfw",
+                "facefuse.seed": str(seed), "facefuse.variant": "full"})
+            d = 0.01 * (seed - 1)
+            client.log_batch(run.info.run_id, params=[Param("seed", str(seed)), Param("beta", str(beta))],
+                             metrics=[Metric("synth_lfw/acc", full + d, 1, 1),
+                                      Metric("synth_lfw/sel/acc", sel + d, 1, 1),
+                                      Metric("synth_lfw/test/acc", test + d, 1, 1)])
+            client.set_terminated(run.info.run_id, "FINISHED")
+    rows = collect_ablation_rows(uri, "parts")
+    assert {(r["sel"], r["test"]) for r in rows if r["seed"] == 1} == {(0.95, 0.80), (0.9, 0.9)}
+    stats = ablation_stats(rows, "best").iloc[0]
+    assert stats["beta"] == 0.1 and stats["reported_on"] == "test"
+    assert stats["mean"] == pytest.approx(0.80)  # the report part at the selected beta
+    table = ablation_table(rows)
+    assert table.loc["full", "synth_lfw"] == "80.00 [78.31, 81.69]"
+    assert "chosen on the selection part and reported on the report part" in table_markdown(table)
+    # no selection: the full set's values, the best of them at beta 1
+    assert ablation_stats(rows, "all")["reported_on"].eq("full").all()
+    assert ablation_table(rows, beta=1.0).loc["full", "synth_lfw"] == "90.00 [88.31, 91.69]"

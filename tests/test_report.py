@@ -32,6 +32,10 @@ def _run(client: MlflowClient, exp: str, parent: str, sweep_id: str, params: dic
     for key, final in finals.items():
         name = f"{key}/acc" if key == "lfw" else f"{key}/tar_far_1e-4"
         metrics += [Metric(name, final - 0.03, 1, 0), Metric(name, final, 2, 1)]
+        if variant:  # ablation runs log the held-out parts the claims select and report on
+            part = name.replace("/", "/sel/", 1)
+            metrics += [Metric(part, final + 0.01, 2, 1),
+                        Metric(name.replace("/", "/test/", 1), final - 0.01, 2, 1)]
     if objective in (f"{k}/tar_far_1e-4" for k in finals):
         metrics.append(Metric("objective", finals[objective.split("/")[0]], 2, 1))
     client.log_batch(run.info.run_id, metrics=metrics,
@@ -113,7 +117,7 @@ def test_report_files_are_valid_and_logged(store: dict, tmp_path: Path) -> None:
         ["--experiment", "quick", "--out", str(out), "--tracking-uri", store["uri"]])
     report = run_report(args)
     names = {p.name for p in report.files}
-    assert names == {"ablation.md", "ablation.csv", "beta_tradeoff.png",
+    assert names == {"ablation.md", "ablation.csv", "claims.md", "claims.csv", "beta_tradeoff.png",
                      "best_beta_by_dataset.csv", "roc_best_trials.png", "importance_s1.csv",
                      "importance_s1.png", "report.md"}
     for path in report.files:
@@ -127,8 +131,17 @@ def test_report_files_are_valid_and_logged(store: dict, tmp_path: Path) -> None:
     ablation = pd.read_csv(out / "ablation.csv")
     assert set(ablation["variant"]) == {"full", "local_only", "no_vib"}
     row = ablation[(ablation["variant"] == "full") & (ablation["dataset"] == "lfw")].iloc[0]
-    assert row["mean"] == pytest.approx(0.905) and row["n"] == 2
+    assert row["n"] == 2
     assert "| full" in (out / "ablation.md").read_text()
+    # reported on the report part (final - 0.01) at the beta chosen on the selection part
+    assert row["mean"] == pytest.approx(0.895) and row["reported_on"] == "test"
+
+    claims = pd.read_csv(out / "claims.csv")
+    vib = claims[(claims["claim"] == "VIB on > off") & (claims["dataset"] == "lfw")].iloc[0]
+    assert vib["diff"] == pytest.approx(4.0) and vib["n"] == 2 and vib["verdict"] == "holds"
+    branch = claims[claims["claim"] == "local + global > local alone"]
+    assert set(branch["dataset"]) == {"lfw", "ijbb", "all (mean over sets)"}
+    assert "VIB on > off" in (out / "claims.md").read_text()
 
     best = pd.read_csv(out / "best_beta_by_dataset.csv").set_index("dataset")
     assert list(best.index) == ["lfw", "ijbb", "synth_ijbc"]  # high, mixed, low
