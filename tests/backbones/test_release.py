@@ -66,7 +66,7 @@ def test_the_shipped_release_matches_its_record_and_the_recipe_in_code() -> None
         recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in entry["recipe"].items()}
         assert recorded == asdict(recipe), f"{key}: the recipe in code is not the one shipped"
     shape = resemblance(manifest["backbones"]["arcface"]["scores"], manifest["backbones"]["adaface"]["scores"])
-    assert shape["high_quality_gap"] and shape["low_quality_lead"]
+    assert shape["resembles_real_pair"], shape  # within 2 points on high quality, AdaFace ahead on low
 
 
 @pytest.mark.parametrize("recipe", RELEASE_RECIPES, ids=lambda r: r.name)
