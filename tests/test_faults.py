@@ -160,3 +160,65 @@ def test_diverged_trial_is_recorded_failed_and_the_sweep_goes_on(world_job, tmp_
     assert len(trial_dirs) == 1
     parent = [r for r in runs if r.data.tags.get("facefuse.kind") == "sweep"][0]
     assert parent.info.status == "FINISHED" and parent.data.tags["facefuse.trials_failed"] == "1"
+
+
+#: Tune's own state files at the top of an experiment folder (trials, searcher, variant
+#: generator); the sweep's files there (run map, backlog, journal) are the tracking's.
+TUNE_STATE_PREFIXES = ("experiment_state", "basic-variant-state", "search_gen_state",
+                       "searcher-state")
+
+
+@pytest.mark.slow
+def test_trial_restored_from_a_stale_experiment_state_goes_on_after_its_last_report(
+        world_job, tmp_path: Path, ray_local: None) -> None:
+    """Tune names a trial's checkpoint in the experiment state it saves after the trial reported
+    (the checkpoint itself is in the trial folder before the report leaves the trial): a driver
+    lost in between leaves a state one epoch behind what Tune and MLflow already hold. Made here
+    without kill timing: the state saved after epoch 1 is put back after epoch 2 was reported."""
+    from facefuse.pipeline import prepare_job
+    from facefuse.sweep import run_sweep
+
+    marker = tmp_path / "failures.txt"
+    # Fails after reporting epoch 1, and (retried) after epoch 2; max_failures 0: each failure
+    # ends the driver's run with the trial in error, and the next run retries it.
+    path = world_job(tmp_path, "stale", trials=1, epochs=3, max_failures=0,
+                     asha={"grace_period": 3},
+                     resources={"cpus_per_worker": 0.5, "max_concurrent_trials": 1},
+                     params={**TINY, "_test_fail_after_epoch": f"{marker}:1:2"})
+    job, _ = prepare_job(path, cwd=tmp_path)
+    first = run_sweep(job, flush_timeout_s=60)
+    assert first.num_errors == 1 and first.trials[0].epochs_done == 1
+    exp = Path(first.experiment_path)
+    after_epoch_1 = {p.name: p.read_bytes() for p in exp.iterdir()
+                     if p.is_file() and p.name.startswith(TUNE_STATE_PREFIXES)}
+    assert any(n.startswith("experiment_state") for n in after_epoch_1), sorted(after_epoch_1)
+
+    second = run_sweep(job, retry_errored=True, flush_timeout_s=60)
+    assert second.resumed and second.num_errors == 1 and second.trials[0].epochs_done == 2
+    (trial_dir,) = [p for p in exp.iterdir() if p.is_dir() and (p / "result.json").exists()]
+    assert len(list(trial_dir.glob("checkpoint_*"))) == 2
+
+    # Tune's state as it was saved after epoch 1: it names the epoch-1 checkpoint only.
+    for p in exp.iterdir():
+        if p.is_file() and p.name.startswith(TUNE_STATE_PREFIXES):
+            p.unlink()
+    for name, data in after_epoch_1.items():
+        (exp / name).write_bytes(data)
+
+    third = run_sweep(job, retry_errored=True, flush_timeout_s=60)
+    assert third.resumed and third.num_errors == 0, [t.error for t in third.trials]
+    (trial,) = third.trials
+    assert trial.epochs_done == 3
+    assert marker.read_text().splitlines() == ["failed after epoch 1", "failed after epoch 2"]
+
+    # Every epoch reached Tune once: the third run went on with epoch 3, it did not train and
+    # report epoch 2 again from the checkpoint its stale state named.
+    rows = [json.loads(ln) for ln in (trial_dir / "result.json").read_text().splitlines()
+            if ln.strip()]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3], [(r["epoch"], r["pid"]) for r in rows]
+    # ... and its next checkpoint did not overwrite the one it went on from.
+    assert len(list(trial_dir.glob("checkpoint_*"))) == 3
+    client, runs = _trial_runs(job.tracking.uri, "stale")
+    (run,) = [r for r in runs if r.data.tags.get("facefuse.kind") == "trial"]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "objective")]
+    assert steps == [1, 2, 3], steps

@@ -13,6 +13,12 @@ every M minutes of training, and on Ray Train's preemption notice) go to
 ``<storage>/<sweep id>/facefuse_step_checkpoints/<trial id>.pt``; a retry that finds one ahead of
 its last epoch checkpoint continues from it. Storage may be a path or a store (s3://): every
 file under it is read and written through ``facefuse.storage``.
+
+A one-worker trial resumes from the newest complete checkpoint in its own trial folder when that
+one is past the checkpoint Tune hands back (``newer_stored_checkpoint``): Tune persists a
+checkpoint before its epoch's result leaves the trial, but names it in the experiment state it
+saves later, so a driver stopped in between would restore the trial one epoch (or more) behind
+what Tune, MLflow and ``result.json`` already hold, and the trial would report those epochs again.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import fields
@@ -31,7 +38,7 @@ import numpy as np
 import torch
 
 from facefuse import storage
-from facefuse.errors import ConfigError
+from facefuse.errors import ConfigError, StorageError
 from facefuse.data import get_dataset
 from facefuse.features.dataset import (BackbonePair, load_eval_sets, load_train_set,
                                        subset_train_set)
@@ -47,6 +54,8 @@ BEST_DIR = "best"
 #: Written in the trial directory when an attempt diverges; a retry reads it and stops at once.
 DIVERGED_FILE = "facefuse_diverged.txt"
 STEP_CHECKPOINT_DIR = "facefuse_step_checkpoints"
+#: Tune's and Ray Train's checkpoint folders: this prefix and a zero-padded index.
+CHECKPOINT_PREFIX = "checkpoint_"
 TRAIN_RUNS_DIR = "ray_train"
 #: Test hook (fault tests only), a trial param: "<marker file>:<epoch>:<times>" makes rank 0
 #: raise after reporting an epoch >= <epoch>, at most <times> times over all attempts (counted
@@ -117,6 +126,33 @@ def train_run_best_dir(experiment: str, trial_id: str) -> Optional[str]:
 def _load_uri(uri: str) -> Any:
     """Returns a torch file read from a path or store URI (weights_only: plain tensors only)."""
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+
+
+def newer_stored_checkpoint(trial_uri: str, after_epoch: int) -> Optional[tuple[int, str, int]]:
+    """Returns (index, URI, epoch) of the newest complete checkpoint folder of a Tune trial when
+    its epoch is past ``after_epoch``, else None.
+
+    ``trial_uri``: the trial's folder in the job's storage (path or store URI), where Tune
+    persists ``checkpoint_<index>`` folders. A folder counts once its state and best model load:
+    one cut short by a lost process is skipped for the one before it.
+    """
+    for folder in reversed(storage.folders(trial_uri)):
+        name = folder.rsplit("/", 1)[-1]
+        if not name.startswith(CHECKPOINT_PREFIX) or not name[len(CHECKPOINT_PREFIX):].isdigit():
+            continue
+        try:
+            state = EpochState.from_dict(_load_uri(storage.join(folder, STATE_FILE)))
+            _load_uri(storage.join(folder, BEST_DIR, "model.pt"))
+            storage.read_bytes(storage.join(folder, BEST_DIR, "metrics.json"))
+        except (StorageError, OSError, RuntimeError, EOFError, ValueError, KeyError, TypeError,
+                pickle.UnpicklingError) as exc:
+            logger.warning("checkpoint %s is incomplete (%s); looking at the one before", folder,
+                           exc)
+            continue
+        if state.epoch <= after_epoch:
+            return None
+        return int(name[len(CHECKPOINT_PREFIX):]), folder, state.epoch
+    return None
 
 
 def _diverged_marker() -> str:
@@ -356,6 +392,37 @@ def train_scaling(ctx: TrialContext) -> Any:
                          resources_per_worker={"CPU": ctx.cpus_per_worker, **gpu})
 
 
+def _resume_from_trial_folder(local: Optional[Path]) -> Optional[Path]:
+    """Returns the local copy of the checkpoint a one-worker trial resumes from: Tune's (``local``)
+    or, when its trial folder holds a complete one of a later epoch, a copy of that one.
+
+    Tune's next checkpoint then gets the index after it, so it never writes over the folder it
+    resumed from.
+    """
+    from ray import tune
+
+    done = 0
+    if local is not None:
+        state = load_state(local)
+        done = state.epoch if state is not None else 0
+    trial_storage = tune.get_context().get_storage()
+    trial_uri = storage.uri_of(trial_storage.storage_filesystem, trial_storage.trial_fs_path)
+    found = newer_stored_checkpoint(trial_uri, done)
+    if found is None:
+        return local
+    index, uri, epoch = found
+    logger.warning("resuming from %s (epoch %d): it is past the checkpoint Tune restored (epoch "
+                   "%d), whose experiment state was saved before this one was reported", uri,
+                   epoch, done)
+    if local is not None:
+        shutil.rmtree(local, ignore_errors=True)
+    local = Path(tempfile.mkdtemp(prefix="facefuse-resume-"))
+    with tempfile.TemporaryDirectory(prefix="facefuse-fetch-") as tmp:
+        shutil.copytree(storage.download(uri, tmp), local, dirs_exist_ok=True)
+    trial_storage.current_checkpoint_index = max(trial_storage.current_checkpoint_index, index)
+    return local
+
+
 def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """Tune function trainable: trains one configuration and reports every epoch to Tune."""
     from ray import tune
@@ -383,6 +450,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             with ckpt.as_directory() as d:
                 local = Path(tempfile.mkdtemp(prefix="facefuse-resume-"))
                 shutil.copytree(d, local, dirs_exist_ok=True)
+        local = _resume_from_trial_folder(local)
         try:
             run_training(config, ctx, _tune_report, local, 0, device, step_path)
         except TrainingDiverged as exc:
