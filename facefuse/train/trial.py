@@ -465,6 +465,8 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from facefuse.train.reaper import ReapOnControllerLoss
+
     base = sweep_storage_dir(ctx, experiment)
     # Named after the trial, in the job's storage: a retry (on any node) reopens the same Train
     # run and resumes from its latest checkpoint; Tune itself never holds one for this trial.
@@ -477,7 +479,9 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         scaling_config=train_scaling(ctx),
         run_config=RunConfig(
             name=trial_id, storage_path=train_storage, storage_filesystem=train_fs,
-            callbacks=[TuneReportCallback()],
+            # Tune may stop this trial (and so the trainer's controller) before the trainer
+            # shuts down: its workers' placement group is then freed by the reaper.
+            callbacks=[TuneReportCallback(), ReapOnControllerLoss()],
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=1, controller_failure_limit=1)),
     )
