@@ -44,3 +44,7 @@ class UnsafePickleError(DataFormatError):
 
 class StorageError(DataFormatError):
     """A store named by a URI (local path, shared mount, s3://) cannot be reached, read or written."""
+
+
+class ResourcesError(FacefuseError, RuntimeError):
+    """The Ray cluster could not give a trial the resources it asked for in time."""

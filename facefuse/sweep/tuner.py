@@ -195,9 +195,9 @@ def checkpoint_sha256(path: str) -> str:
 def init_ray(**kwargs: Any) -> None:
     """Joins RAY_ADDRESS when set, else starts a local Ray sized to the machine (dashboard on).
 
-    The dashboard (State API) must run: ASHA-stopped Train trials free their placement groups
-    through it (docs/architecture.md, "Known limits"). It binds to 127.0.0.1 unless the caller
-    says otherwise.
+    The dashboard (the researcher's view of the cluster) binds to 127.0.0.1 unless the caller
+    says otherwise. The placement groups of Train trials Tune stops are freed without it
+    (``facefuse.train.reaper``).
     """
     import ray
 

@@ -81,6 +81,10 @@ class ReapOnControllerLoss(WorkerGroupCallback):
 
     def after_worker_group_start(self, worker_group: "WorkerGroup") -> None:
         group = worker_group.get_worker_group_state().placement_group_handle.placement_group
+        # DEFAULT scheduling: not inside the placement group of the Tune trial that runs
+        # this controller (its bundle has no head-node resource, and the trial's fate is the
+        # very thing the reaper must outlive).
         ray.remote(PlacementGroupReaper).options(
             num_cpus=0, lifetime="detached", resources={HEAD_NODE_RESOURCE: 0.001},
+            scheduling_strategy="DEFAULT",
         ).remote(ray.get_runtime_context().current_actor, group)

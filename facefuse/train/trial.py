@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from facefuse import storage
-from facefuse.errors import ConfigError, StorageError
+from facefuse.errors import ConfigError, ResourcesError, StorageError
 from facefuse.data import get_dataset
 from facefuse.features.dataset import (BackbonePair, load_eval_sets, load_train_set,
                                        subset_train_set)
@@ -423,6 +423,27 @@ def _resume_from_trial_folder(local: Optional[Path]) -> Optional[Path]:
     return local
 
 
+def unplaced_workers_message(ctx: TrialContext, trial_id: str, available: dict[str, float],
+                             total: dict[str, float],
+                             held: list[dict[int, dict[str, float]]]) -> str:
+    """Returns the one-line reason a trial's Ray Train workers were not placed: what they ask
+    for, what the cluster has free and in all, and what live placement groups hold."""
+    ask = {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker}
+                                          if ctx.gpus_per_worker else {})}
+    kinds = list(ask)
+    have = ", ".join(f"{k} {available.get(k, 0.0):g} free of {total.get(k, 0.0):g}"
+                     for k in kinds)
+    holding = {k: sum(b.get(k, 0.0) for g in held for b in g.values()) for k in kinds}
+    hold = ", ".join(f"{k} {v:g}" for k, v in holding.items())
+    per = ", ".join(f"{k} {v:g}" for k, v in ask.items())
+    return (f"[resources] the {ctx.workers_per_trial} Ray Train workers of trial {trial_id} "
+            f"({per} each) were not placed in time (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, "
+            f"60 s by default): the cluster has {have}; {len(held)} live placement groups "
+            f"hold {hold} -- wait for or free what holds them (ray status; a stopped trial's "
+            "group is removed by facefuse.train.reaper), or lower resources.workers_per_trial "
+            "/ cpus_per_worker / gpus_per_worker, or add nodes")
+
+
 def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """Tune function trainable: trains one configuration and reports every epoch to Tune."""
     from ray import tune
@@ -485,4 +506,17 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=1, controller_failure_limit=1)),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as exc:
+        from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+        if not isinstance(getattr(exc, "controller_failure", None),
+                          WorkerGroupStartupTimeoutError):
+            raise
+        import ray
+
+        held = [g["bundles"] for g in ray.util.placement_group_table().values()
+                if g.get("state") == "CREATED"]
+        raise ResourcesError(unplaced_workers_message(
+            ctx, trial_id, ray.available_resources(), ray.cluster_resources(), held)) from exc

@@ -62,3 +62,17 @@ def test_placement_group_of_a_killed_train_run_is_freed(tmp_path: Path, ray_loca
     _wait("the placement group to be removed", lambda: _cpus() >= free, 60)
     groups = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
     assert not groups, groups
+
+
+def test_unplaced_workers_are_explained_with_the_resources_that_hold_them() -> None:
+    from facefuse.train.context import TrialContext
+    from facefuse.train.trial import unplaced_workers_message
+
+    ctx = TrialContext(data_root="/d", cache_dir=None, arcface_checkpoint="/a",
+                       adaface_checkpoint="/b", train_dataset="t", eval_datasets=["e"],
+                       workers_per_trial=2, cpus_per_worker=0.5)
+    held = [{0: {"CPU": 0.5}, 1: {"CPU": 0.5}}, {0: {"CPU": 0.25}}]
+    msg = unplaced_workers_message(ctx, "abc_00001", {"CPU": 0.75}, {"CPU": 2.0}, held)
+    assert msg.startswith("[resources] the 2 Ray Train workers of trial abc_00001 (CPU 0.5 each)")
+    assert "CPU 0.75 free of 2" in msg and "2 live placement groups hold CPU 1.25" in msg
+    assert " -- " in msg and "\n" not in msg
