@@ -55,8 +55,8 @@ class PlacementGroupReaper:
     def _controller_alive(self) -> bool:
         try:
             ray.get(self._controller.__ray_ready__.remote(), timeout=ANSWER_TIMEOUT_S)
-        except ray.exceptions.GetTimeoutError:
-            return True  # alive, busy
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+            return True  # alive but busy, or out of reach for now: ask again
         except ray.exceptions.RayActorError:
             return False
         return True

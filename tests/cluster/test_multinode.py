@@ -240,11 +240,6 @@ def _results(logs: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-# Known open defect (issue 12), kept running so it is seen: in two full-suite runs on the 2-core
-# machine the trial on the killed node reported epoch 1 twice ([1, 1, 2]) once; it passed alone
-# and in the other run. Not yet explained: whether the kill can land between a report and its
-# checkpoint reaching storage.
-@pytest.mark.xfail(strict=False, reason="issue 12: the killed node's trial may repeat an epoch")
 def test_sweep_on_three_nodes_survives_a_lost_node_and_a_lost_driver(
         cluster: Cluster, world_job, world: dict[str, Any], postgres: Postgres,
         s3_bucket: str, s3_server: str, tmp_path: Path) -> None:
@@ -303,9 +298,10 @@ def test_sweep_on_three_nodes_survives_a_lost_node_and_a_lost_driver(
         assert set(json.loads(rest.split(" ", 4)[4].replace("'", '"')).values()) == {EPOCHS}, rest
 
     # The trial on the killed node went on from its Train run's checkpoint: every epoch once.
-    # The sweep whose driver was stopped went on from the checkpoints Tune's synced state
-    # names: a trial may repeat its last epoch (reported after the last sync), none starts
-    # again at epoch 1.
+    # The sweep whose driver was stopped went on from each trial's newest checkpoint in the
+    # bucket, not from the older one Tune's last synced state may name: no epoch reached Tune
+    # twice. (Tune's own log, result.json, is synced with that state, so it may lack the lines of
+    # the epochs reported after the last sync; MLflow, checked below, holds every epoch.)
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
@@ -316,8 +312,7 @@ def test_sweep_on_three_nodes_survives_a_lost_node_and_a_lost_driver(
         epochs = [int(json.loads(ln)["epoch"]) for ln in body.splitlines() if ln.strip()]
         if key.startswith("runs/mn2-"):
             assert epochs == list(range(1, EPOCHS + 1)), (key, epochs, first_logs[-3000:])
-        assert epochs.count(1) == 1 and epochs == sorted(epochs), (key, epochs)
-        assert epochs[-1] == EPOCHS, (key, epochs)
+        assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS, (key, epochs)
 
     # One run per trial in PostgreSQL, each with its best checkpoint as an artifact in the bucket.
     mlflow = MlflowClient(uri)
@@ -330,6 +325,9 @@ def test_sweep_on_three_nodes_survives_a_lost_node_and_a_lost_driver(
         if run.data.tags.get("facefuse.kind") == "trial":
             prefix = run.info.artifact_uri[len(s3_bucket) + 1:]
             assert f"{prefix}/best_checkpoint/model.pt" in artifacts, run.info.run_name
+            # every epoch logged once, the killed node's and the stopped driver's trials too
+            steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "objective")]
+            assert steps == list(range(1, EPOCHS + 1)), (run.info.run_name, steps)
 
     # Nothing in the drivers' folders or HOME: no ray_results, cache or mlruns.
     local = [p for d in (tmp_path / "cwd1", tmp_path / "cwd2", tmp_path / "home")

@@ -51,8 +51,12 @@ def test_placement_group_of_a_killed_train_run_is_freed(tmp_path: Path, ray_loca
                          run_config=RunConfig(name="reaped", storage_path=storage,
                                               callbacks=[ReapOnControllerLoss()])).fit()
 
-    free = _cpus()
-    assert free >= 1.0, ray.available_resources()  # an earlier test left CPUs taken
+    def live_groups() -> list:
+        return [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+
+    # An earlier test's stopped trial may have left a group for its reaper to remove.
+    free = float(ray.cluster_resources()["CPU"])
+    _wait("every CPU to be free", lambda: _cpus() >= free and not live_groups(), 90)
     owner = Owner.remote()
     owner.fit.remote(str(tmp_path / "runs"))
     _wait("both workers to train", lambda: len(list(started.iterdir())) == 2, 180)
@@ -60,8 +64,7 @@ def test_placement_group_of_a_killed_train_run_is_freed(tmp_path: Path, ray_loca
     # Killing the owner kills the controller (it shares the owner's fate) with no shutdown.
     ray.kill(owner)
     _wait("the placement group to be removed", lambda: _cpus() >= free, 60)
-    groups = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
-    assert not groups, groups
+    assert not live_groups(), live_groups()
 
 
 def test_unplaced_workers_are_explained_with_the_resources_that_hold_them() -> None:
