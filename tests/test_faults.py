@@ -222,3 +222,21 @@ def test_trial_restored_from_a_stale_experiment_state_goes_on_after_its_last_rep
     (run,) = [r for r in runs if r.data.tags.get("facefuse.kind") == "trial"]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "objective")]
     assert steps == [1, 2, 3], steps
+
+    # The same stale state once the trial had finished: nothing is trained again, its last
+    # epoch is reported from its checkpoint so the sweep ends on it (Tune's log gets it twice,
+    # since the line was there; MLflow keeps one value).
+    for p in exp.iterdir():
+        if p.is_file() and p.name.startswith(TUNE_STATE_PREFIXES):
+            p.unlink()
+    for name, data in after_epoch_1.items():
+        (exp / name).write_bytes(data)
+    fourth = run_sweep(job, retry_errored=True, flush_timeout_s=60)
+    assert fourth.num_errors == 0 and fourth.trials[0].epochs_done == 3
+    assert fourth.trials[0].objective == pytest.approx(trial.objective)
+    rows = [json.loads(ln) for ln in (trial_dir / "result.json").read_text().splitlines()
+            if ln.strip()]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 3]
+    assert rows[-1]["synth_lfw/acc"] == rows[-2]["synth_lfw/acc"]  # reported, not retrained
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "objective")]
+    assert steps == [1, 2, 3], steps

@@ -392,9 +392,10 @@ def train_scaling(ctx: TrialContext) -> Any:
                          resources_per_worker={"CPU": ctx.cpus_per_worker, **gpu})
 
 
-def _resume_from_trial_folder(local: Optional[Path]) -> Optional[Path]:
-    """Returns the local copy of the checkpoint a one-worker trial resumes from: Tune's (``local``)
-    or, when its trial folder holds a complete one of a later epoch, a copy of that one.
+def _resume_from_trial_folder(local: Optional[Path]) -> tuple[Optional[Path], bool]:
+    """Returns (the local copy of the checkpoint a one-worker trial resumes from, whether it is
+    ahead of Tune's): Tune's (``local``) or, when the trial folder holds a complete one of a
+    later epoch, a copy of that one.
 
     Tune's next checkpoint then gets the index after it, so it never writes over the folder it
     resumed from.
@@ -409,7 +410,7 @@ def _resume_from_trial_folder(local: Optional[Path]) -> Optional[Path]:
     trial_uri = storage.uri_of(trial_storage.storage_filesystem, trial_storage.trial_fs_path)
     found = newer_stored_checkpoint(trial_uri, done)
     if found is None:
-        return local
+        return local, False
     index, uri, epoch = found
     logger.warning("resuming from %s (epoch %d): it is past the checkpoint Tune restored (epoch "
                    "%d), whose experiment state was saved before this one was reported", uri,
@@ -420,7 +421,23 @@ def _resume_from_trial_folder(local: Optional[Path]) -> Optional[Path]:
     with tempfile.TemporaryDirectory(prefix="facefuse-fetch-") as tmp:
         shutil.copytree(storage.download(uri, tmp), local, dirs_exist_ok=True)
     trial_storage.current_checkpoint_index = max(trial_storage.current_checkpoint_index, index)
-    return local
+    return local, True
+
+
+def _report_if_finished(config: dict[str, Any], local: Path) -> bool:
+    """Returns True after reporting the last epoch of a checkpoint that ends the training.
+
+    A trial whose newest checkpoint is its last epoch has nothing left to train, but Tune's
+    restored state still holds an earlier result: the last epoch's metrics (kept in the state's
+    history) and its checkpoint are reported once more, so Tune, the searcher and the sweep's
+    summary end on them (MLflow keeps one value per epoch).
+    """
+    state = load_state(local)
+    _, tcfg = split_config(flat_config(config))
+    if state is None or state.epoch < tcfg.epochs or not state.history:
+        return False
+    _tune_report(dict(state.history[-1]), local)
+    return True
 
 
 def unplaced_workers_message(ctx: TrialContext, trial_id: str, available: dict[str, float],
@@ -471,8 +488,10 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             with ckpt.as_directory() as d:
                 local = Path(tempfile.mkdtemp(prefix="facefuse-resume-"))
                 shutil.copytree(d, local, dirs_exist_ok=True)
-        local = _resume_from_trial_folder(local)
+        local, ahead = _resume_from_trial_folder(local)
         try:
+            if ahead and _report_if_finished(config, local):
+                return
             run_training(config, ctx, _tune_report, local, 0, device, step_path)
         except TrainingDiverged as exc:
             storage.write_bytes(diverged, str(exc).encode())

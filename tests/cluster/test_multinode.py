@@ -299,9 +299,11 @@ def test_sweep_on_three_nodes_survives_a_lost_node_and_a_lost_driver(
 
     # The trial on the killed node went on from its Train run's checkpoint: every epoch once.
     # The sweep whose driver was stopped went on from each trial's newest checkpoint in the
-    # bucket, not from the older one Tune's last synced state may name: no epoch reached Tune
-    # twice. (Tune's own log, result.json, is synced with that state, so it may lack the lines of
-    # the epochs reported after the last sync; MLflow, checked below, holds every epoch.)
+    # bucket, not from the older one Tune's last synced state may name: no epoch was trained
+    # and reported twice. (Tune's own log, result.json, is synced with that state, so it may
+    # lack the lines of epochs reported after the last sync, and a trial that had finished
+    # reports its last epoch once more from its checkpoint; MLflow, checked below, holds every
+    # epoch once.)
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
@@ -312,7 +314,8 @@ def test_sweep_on_three_nodes_survives_a_lost_node_and_a_lost_driver(
         epochs = [int(json.loads(ln)["epoch"]) for ln in body.splitlines() if ln.strip()]
         if key.startswith("runs/mn2-"):
             assert epochs == list(range(1, EPOCHS + 1)), (key, epochs, first_logs[-3000:])
-        assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS, (key, epochs)
+        ended = epochs[:-1] if epochs[-2:] == [EPOCHS, EPOCHS] else epochs
+        assert ended == sorted(set(ended)) and ended[-1] == EPOCHS, (key, epochs)
 
     # One run per trial in PostgreSQL, each with its best checkpoint as an artifact in the bucket.
     mlflow = MlflowClient(uri)
