@@ -168,6 +168,15 @@ TUNE_STATE_PREFIXES = ("experiment_state", "basic-variant-state", "search_gen_st
                        "searcher-state")
 
 
+def _put_back_tune_state(exp: Path, saved: dict[str, bytes]) -> None:
+    """Replaces Tune's experiment-state files in ``exp`` by a copy saved earlier."""
+    for p in exp.iterdir():
+        if p.is_file() and p.name.startswith(TUNE_STATE_PREFIXES):
+            p.unlink()
+    for name, data in saved.items():
+        (exp / name).write_bytes(data)
+
+
 @pytest.mark.slow
 def test_trial_restored_from_a_stale_experiment_state_goes_on_after_its_last_report(
         world_job, tmp_path: Path, ray_local: None) -> None:
@@ -199,11 +208,7 @@ def test_trial_restored_from_a_stale_experiment_state_goes_on_after_its_last_rep
     assert len(list(trial_dir.glob("checkpoint_*"))) == 2
 
     # Tune's state as it was saved after epoch 1: it names the epoch-1 checkpoint only.
-    for p in exp.iterdir():
-        if p.is_file() and p.name.startswith(TUNE_STATE_PREFIXES):
-            p.unlink()
-    for name, data in after_epoch_1.items():
-        (exp / name).write_bytes(data)
+    _put_back_tune_state(exp, after_epoch_1)
 
     third = run_sweep(job, retry_errored=True, flush_timeout_s=60)
     assert third.resumed and third.num_errors == 0, [t.error for t in third.trials]
@@ -226,11 +231,7 @@ def test_trial_restored_from_a_stale_experiment_state_goes_on_after_its_last_rep
     # The same stale state once the trial had finished: nothing is trained again, its last
     # epoch is reported from its checkpoint so the sweep ends on it (Tune's log gets it twice,
     # since the line was there; MLflow keeps one value).
-    for p in exp.iterdir():
-        if p.is_file() and p.name.startswith(TUNE_STATE_PREFIXES):
-            p.unlink()
-    for name, data in after_epoch_1.items():
-        (exp / name).write_bytes(data)
+    _put_back_tune_state(exp, after_epoch_1)
     fourth = run_sweep(job, retry_errored=True, flush_timeout_s=60)
     assert fourth.num_errors == 0 and fourth.trials[0].epochs_done == 3
     assert fourth.trials[0].objective == pytest.approx(trial.objective)
