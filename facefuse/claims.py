@@ -181,18 +181,15 @@ def check_claims(rows: Sequence[dict[str, Any]], claims: Sequence[Claim] = CLAIM
 def best_beta_by_seed(rows: Sequence[dict[str, Any]], variant: str = "full"
                       ) -> dict[str, dict[int, float]]:
     """Returns {dataset: {seed: the beta with the best selection-part value at that seed}}."""
-    out: dict[str, dict[int, float]] = {}
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in heldout_rows(rows):
-        if r["variant"] != variant or r["beta"] is None or r["seed"] is None:
-            continue
-        out.setdefault(r["dataset"], {})
-    for dataset in out:
-        part = [r for r in heldout_rows(rows) if r["variant"] == variant
-                and r["dataset"] == dataset and r["beta"] is not None and r["seed"] is not None]
+        if r["variant"] == variant and r["beta"] is not None and r["seed"] is not None:
+            groups.setdefault((r["dataset"], int(r["seed"])), []).append(r)
+    out: dict[str, dict[int, float]] = {}
+    for (dataset, seed), part in sorted(groups.items()):
         sign = 1.0 if higher_is_better(part[0]["metric"]) else -1.0
-        for seed in sorted({int(r["seed"]) for r in part}):
-            at_seed = [r for r in part if int(r["seed"]) == seed]
-            out[dataset][seed] = float(max(at_seed, key=lambda r: sign * float(r["sel"]))["beta"])
+        out.setdefault(dataset, {})[seed] = float(
+            max(part, key=lambda r: sign * float(r["sel"]))["beta"])
     return out
 
 
