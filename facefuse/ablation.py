@@ -31,7 +31,7 @@ import pandas as pd
 
 from facefuse.data._io import atomic_write_text
 from facefuse.errors import ConfigError
-from facefuse.stats import LEVEL
+from facefuse.stats import LEVEL, t_half_width
 from facefuse.tables import format_table
 from facefuse.selection import higher_is_better, is_seed_param, run_params, run_variant
 from facefuse.tracking import schema as S
@@ -159,7 +159,7 @@ def ablation_param_space(variants: Optional[Sequence[str]] = None,
 # ---------------------------------------------------------------------------------------------
 # Rows from MLflow
 # ---------------------------------------------------------------------------------------------
-def _dataset_order(datasets: Iterable[str]) -> list[str]:
+def dataset_order(datasets: Iterable[str]) -> list[str]:
     from facefuse.data import DATASETS
 
     names = list(dict.fromkeys(datasets))
@@ -286,8 +286,6 @@ def ablation_stats(rows: Sequence[dict[str, Any]], beta: BetaMode = "best",
     subjects. Otherwise (no selection, or runs without parts) cells are full-set values
     (reported_on "full").
     """
-    from facefuse.stats import t_quantile
-
     beta = parse_beta_mode(beta)
     cols = ["variant", "dataset", "metric", "beta", "mean", "std", "n", "low", "high",
             "reported_on"]
@@ -301,8 +299,7 @@ def ablation_stats(rows: Sequence[dict[str, Any]], beta: BetaMode = "best",
                .agg(mean="mean", std="std", n="count").reset_index())
     grouped["pick"] = (df.groupby(keys, sort=False)["sel"].mean().to_numpy() if heldout
                        else grouped["mean"])
-    half = [t_quantile(level, int(n) - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-            for sd, n in zip(grouped["std"], grouped["n"])]
+    half = [t_half_width(sd, n, level) for sd, n in zip(grouped["std"], grouped["n"])]
     grouped["low"] = grouped["mean"] - half
     grouped["high"] = grouped["mean"] + half
     grouped["reported_on"] = "test" if heldout else "full"
@@ -320,7 +317,7 @@ def ablation_stats(rows: Sequence[dict[str, Any]], beta: BetaMode = "best",
             lambda b: b == b and math.isclose(b, target, rel_tol=1e-9))
         grouped = grouped[keep]
     order = {name: i for i, name in enumerate(VARIANTS)}
-    datasets = {d: i for i, d in enumerate(_dataset_order(grouped["dataset"]))}
+    datasets = {d: i for i, d in enumerate(dataset_order(grouped["dataset"]))}
     grouped = grouped.assign(
         _v=grouped["variant"].map(lambda v: order.get(v, len(order))),
         _d=grouped["dataset"].map(datasets), _b=grouped["beta"].fillna(-1.0))
@@ -394,7 +391,7 @@ def ablation_table(rows: Sequence[dict[str, Any]], beta: BetaMode = "best") -> p
     factor = _scale(stats)
     stats = stats.assign(cell=[_cell(m, lo, hi, factor[d]) for m, lo, hi, d in
                                zip(stats["mean"], stats["low"], stats["high"], stats["dataset"])])
-    datasets = _dataset_order(stats["dataset"])
+    datasets = dataset_order(stats["dataset"])
     variants = list(dict.fromkeys(stats["variant"]))
     if beta == "all":
         stats = stats.assign(beta_label=stats["beta"].map(lambda b: "-" if b != b else f"{b:g}"))

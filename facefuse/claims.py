@@ -26,9 +26,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from facefuse.selection import higher_is_better
+from facefuse.stats import LEVEL, mean_interval
 from facefuse.tables import format_table
 
-LEVEL = 0.90
 
 
 @dataclass(frozen=True)
@@ -71,20 +71,6 @@ class ClaimResult:
     def as_dict(self) -> dict[str, Any]:
         """Returns the result as a plain dict (JSON, CSV)."""
         return asdict(self)
-
-
-def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """Returns (mean, low, high): the Student-t interval of the mean; NaN bounds below two values."""
-    from facefuse.stats import t_quantile
-
-    x = np.asarray(list(values), dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = t_quantile(level, len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return mean, mean - half, mean + half
 
 
 def verdict(low: float, high: float) -> str:
@@ -144,10 +130,10 @@ def check_claims(rows: Sequence[dict[str, Any]], claims: Sequence[Claim] = CLAIM
     ``rows`` are ``facefuse.ablation.rows_from_runs`` rows; those without both held-out parts are
     ignored (a claim needs data to select on that it is not reported on).
     """
-    from facefuse.ablation import _dataset_order
+    from facefuse.ablation import dataset_order
 
     rows = heldout_rows(rows)
-    datasets = _dataset_order({r["dataset"] for r in rows})
+    datasets = dataset_order({r["dataset"] for r in rows})
     out: list[ClaimResult] = []
     for claim in claims:
         per_dataset: dict[str, dict[int, float]] = {}
@@ -162,14 +148,14 @@ def check_claims(rows: Sequence[dict[str, Any]], claims: Sequence[Claim] = CLAIM
             seeds = sorted(set(va) & set(vb))
             diffs = {s: sign * (va[s] - vb[s]) * factor for s in seeds}
             per_dataset[dataset] = diffs
-            mean, low, high = t_interval(list(diffs.values()), level)
+            mean, low, high = mean_interval(list(diffs.values()), level)
             out.append(ClaimResult(claim.name, dataset, _quality(dataset), mean, low, high,
                                    len(seeds), verdict(low, high), beta_a, beta_b,
                                    " pts" if factor == 100.0 else ""))
         if len(per_dataset) > 1:
             common = set.intersection(*(set(d) for d in per_dataset.values()))
             pooled = [float(np.mean([d[s] for d in per_dataset.values()])) for s in sorted(common)]
-            mean, low, high = t_interval(pooled, level)
+            mean, low, high = mean_interval(pooled, level)
             out.append(ClaimResult(claim.name, ALL_DATASETS, "-", mean, low, high, len(pooled),
                                    verdict(low, high), unit=" pts"))
     beta = beta_quality_claim(rows, level=level)
@@ -208,7 +194,7 @@ def beta_quality_claim(rows: Sequence[dict[str, Any]], variant: str = "full",
     seeds = sorted(set.intersection(*(set(best[d]) for d in high + lower)))
     diffs = [float(np.mean([math.log10(best[d][s]) for d in lower])
                    - np.mean([math.log10(best[d][s]) for d in high])) for s in seeds]
-    mean, low, hi = t_interval(diffs, level)
+    mean, low, hi = mean_interval(diffs, level)
     result = verdict(low, hi)
     if result != "not shown":
         result = "holds"  # two-sided: either direction is a move

@@ -712,6 +712,22 @@ def t_quantile(level: float, dof: int) -> float:
     return float(student_t.ppf(0.5 + level / 2.0, dof))
 
 
+def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
+    """Returns the half-width of the Student-t interval of a mean of n values with sample sd
+    (NaN below two values)."""
+    return t_quantile(level, int(n) - 1) * float(sd) / math.sqrt(n) if n > 1 else math.nan
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """Returns (mean, low, high): the Student-t interval of the mean; NaN bounds below two values."""
+    x = np.asarray(list(values), dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    half = t_half_width(float(x.std(ddof=1)) if len(x) > 1 else math.nan, len(x), level)
+    return mean, mean - half, mean + half
+
+
 def log_beta_sd(interval: tuple[float, float], searched: tuple[float, float],
                 level: float = LEVEL) -> float:
     """Returns the standard deviation (decades) of a best beta from its ``level`` interval.

@@ -9,7 +9,8 @@ import pytest
 from scipy.stats import t as student_t
 
 from facefuse.claims import (ALL_DATASETS, BETA_CLAIM, Claim, best_beta_by_seed, check_claims,
-                             claims_markdown, t_interval, verdict)
+                             claims_markdown, verdict)
+from facefuse.stats import mean_interval
 
 T90_2 = float(student_t.ppf(0.95, 2))  # three seeds
 
@@ -36,9 +37,9 @@ def _grid(offsets: dict[str, list[float]], datasets=("synth_lfw", "synth_ijbc"))
 
 
 def test_t_interval_and_verdicts() -> None:
-    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    mean, low, high = mean_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and high - mean == pytest.approx(T90_2 * 1.0 / math.sqrt(3))
-    assert math.isnan(t_interval([1.0])[1]) and math.isnan(t_interval([])[0])
+    assert math.isnan(mean_interval([1.0])[1]) and math.isnan(mean_interval([])[0])
     assert verdict(0.1, 0.5) == "holds" and verdict(-0.5, -0.1) == "reversed"
     assert verdict(-0.1, 0.5) == "not shown" and verdict(math.nan, math.nan) == "not shown"
 
